@@ -1,0 +1,254 @@
+"""`SegMetrics`: the exact, dataset-level evaluation metrics (SPEC A§1, B1).
+
+Integer counts are accumulated over the whole evaluation set and divided once in `compute`:
+    confmat   (C, C)  rows GT, columns prediction, valid GT pixels  -> miou fwiou macc gacc mdice
+    bconfmat  (C, C)  the same on the GT trimap (edges dilated by r) -> biou
+    edges     (4, C)  n_gt, n_pr, match_pr, match_gt edge counts     -> bf1
+    image_*   per-image score sums and image counts                  -> miou_image bf1_image
+The state is a dict of tensors that adds up: `merge` two metrics, or all-reduce across DDP ranks.
+"""
+
+import math
+
+import torch
+
+from surrogates.boundary import dilate, label_edges, one_hot_masked
+
+_FIELDS = ("confmat", "bconfmat", "edges", "image_sums", "image_counts")
+
+
+class SegMetrics:
+    """Exact dataset-level segmentation metrics.
+
+    Args:
+        num_classes: C. Labels outside [0, C) (255 and anything else) are ignored.
+        ignore_index: the void label; kept for symmetry with the losses (every label outside
+            [0, C) is void).
+        drop_background: leave class 0 out of the biou trimap and the bf1 / bf1_image class
+            means (VOC reference evaluation). The background IoU stays in the biou mean (A§1.3).
+        tolerance: boundary tolerance r in pixels, square (2r+1)^2 window (reference r = 5).
+
+    `update(pred, target)` takes int64 (N, H, W) predicted labels and GT labels; `compute()`
+    returns floats under miou fwiou macc gacc biou bf1 mdice miou_image bf1_image (NaN when
+    undefined) and per-class lists under "per_class".
+
+    fwiou = sum_c freq_c IoU_c over classes with defined IoU (textbook). The reference computes
+    nanmean(freq * IoU) * C, which is inflated when a class is absent from GT and prediction.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        drop_background: bool = False,
+        tolerance: int = 5,
+    ):
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(tolerance, int) or tolerance < 0:
+            raise ValueError(f"tolerance must be an integer >= 0 pixels, got {tolerance!r}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.drop_background = drop_background
+        self.tolerance = tolerance
+        self.reset()
+
+    def reset(self) -> None:
+        c = self.num_classes
+        self.state = {
+            "confmat": torch.zeros(c, c, dtype=torch.int64),
+            "bconfmat": torch.zeros(c, c, dtype=torch.int64),
+            "edges": torch.zeros(4, c, dtype=torch.int64),
+            "image_sums": torch.zeros(2, dtype=torch.float64),  # miou_image, bf1_image
+            "image_counts": torch.zeros(2, dtype=torch.int64),
+        }
+
+    # --- accumulation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        pred, target = self._check(pred, target)
+        c = self.num_classes
+        n = pred.shape[0]
+        device = pred.device
+        self.state = {k: v.to(device) for k, v in self.state.items()}
+        valid = (target >= 0) & (target < c)
+        gt = torch.where(valid, target, c)  # every void label becomes the single value C
+
+        # per-image confusion matrices (N, C, C) in one bincount; their sum is the batch's
+        image_index = torch.arange(n, device=device).view(n, 1, 1) * (c * c)
+        pairs = (image_index + gt * c + pred)[valid]
+        per_image_cm = torch.bincount(pairs, minlength=n * c * c).view(n, c, c)
+        self.state["confmat"] += per_image_cm.sum(0)
+
+        gt_edges = label_edges(gt) & valid  # (N, H, W)
+        pred_edges = label_edges(pred)  # prediction edges are not masked by void (A§1.4)
+
+        # biou: confusion matrix on the trimap = dilated (foreground) GT edges, valid pixels
+        band_source = gt_edges & (gt != 0) if self.drop_background else gt_edges
+        band = dilate(band_source.unsqueeze(1).float(), self.tolerance).squeeze(1) > 0.5
+        in_band = band & valid
+        self.state["bconfmat"] += torch.bincount(
+            gt[in_band] * c + pred[in_band], minlength=c * c
+        ).view(c, c)
+
+        edge_counts = self._edge_counts(gt, gt_edges, pred, pred_edges)  # (4, N, C)
+        self.state["edges"] += edge_counts.sum(1)
+        self._add_image_scores(per_image_cm, edge_counts)
+
+    def _edge_counts(self, gt, gt_edges, pred, pred_edges) -> torch.Tensor:
+        """n_gt, n_pr, match_pr, match_gt per image and class: (4, N, C) int64 (A§1.4)."""
+        c = self.num_classes
+        n = gt.shape[0]
+        gt_near = _near_class_edges(gt, gt_edges, c, self.tolerance)  # (N, C, H, W) bool
+        pred_near = _near_class_edges(pred, pred_edges, c, self.tolerance)
+        # a predicted edge pixel of class k matches if a GT edge of class k is within r, and
+        # vice versa
+        pred_matched = pred_edges & gt_near.gather(1, pred.unsqueeze(1)).squeeze(1)
+        gt_matched = gt_edges & pred_near.gather(1, gt.clamp(max=c - 1).unsqueeze(1)).squeeze(1)
+        image = torch.arange(n, device=gt.device).view(n, 1, 1) * c
+        counts = [
+            torch.bincount((image + gt)[gt_edges], minlength=n * c),
+            torch.bincount((image + pred)[pred_edges], minlength=n * c),
+            torch.bincount((image + pred)[pred_matched], minlength=n * c),
+            torch.bincount((image + gt)[gt_matched], minlength=n * c),
+        ]
+        return torch.stack(counts).view(4, n, c)
+
+    def _add_image_scores(self, per_image_cm: torch.Tensor, edge_counts: torch.Tensor) -> None:
+        """miou_image: classes in the image's GT or prediction; bf1_image: per-image BF score
+        over classes with GT or predicted edges (Csurka et al. 2013), 0 for unmatched classes."""
+        cm = per_image_cm.double()
+        inter = cm.diagonal(dim1=1, dim2=2)
+        union = cm.sum(2) + cm.sum(1) - inter
+        seen = union > 0
+        iou = torch.where(seen, inter / union.clamp(min=1), 0.0)
+        has_pixels = seen.any(1)
+        miou_image = iou.sum(1) / seen.sum(1).clamp(min=1)
+
+        n_gt, n_pr, match_pr, match_gt = edge_counts.double()
+        precision = torch.where(n_pr > 0, match_pr / n_pr.clamp(min=1), 0.0)
+        recall = torch.where(n_gt > 0, match_gt / n_gt.clamp(min=1), 0.0)
+        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        with_edges = (n_gt > 0) | (n_pr > 0)
+        if self.drop_background:
+            with_edges[:, 0] = False
+        bf1_image = (f1 * with_edges).sum(1) / with_edges.sum(1).clamp(min=1)
+        has_edges = with_edges.any(1)
+
+        self.state["image_sums"] += torch.stack(
+            [miou_image[has_pixels].sum(), bf1_image[has_edges].sum()]
+        )
+        self.state["image_counts"] += torch.stack([has_pixels.sum(), has_edges.sum()])
+
+    def _check(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if pred.dim() == 2:
+            pred, target = pred.unsqueeze(0), target.unsqueeze(0)
+        if pred.shape != target.shape or pred.dim() != 3:
+            raise ValueError(
+                f"pred and target must both be N x H x W label maps, got {tuple(pred.shape)} "
+                f"and {tuple(target.shape)}"
+            )
+        for name, t in (("pred", pred), ("target", target)):
+            if t.dtype.is_floating_point or t.dtype == torch.bool:
+                raise ValueError(
+                    f"{name} must hold integer labels (argmax the logits first), "
+                    f"got dtype {t.dtype}"
+                )
+        if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
+            bad = pred[(pred < 0) | (pred >= self.num_classes)][0]
+            raise ValueError(f"pred contains label {int(bad)}, outside [0, {self.num_classes})")
+        return pred.long(), target.long()
+
+    # --- combining ----------------------------------------------------------------------------
+
+    def merge(self, other: "SegMetrics") -> "SegMetrics":
+        """Add another metric's counts (same settings) into this one; returns self."""
+        same = (self.num_classes, self.drop_background, self.tolerance)
+        theirs = (other.num_classes, other.drop_background, other.tolerance)
+        if same != theirs:
+            raise ValueError(f"cannot merge SegMetrics with settings {theirs} into {same}")
+        for key in _FIELDS:
+            self.state[key] = self.state[key] + other.state[key].to(self.state[key].device)
+        return self
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all torch.distributed processes (call before `compute`)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for value in self.state.values():
+                dist.all_reduce(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k: state[k].clone() for k in _FIELDS}
+
+    # --- results ------------------------------------------------------------------------------
+
+    def compute(self) -> dict:
+        cm = self.state["confmat"].double().cpu()
+        inter = cm.diagonal()
+        gt_count, pred_count = cm.sum(1), cm.sum(0)
+        iou = inter / (gt_count + pred_count - inter)  # 0/0 = NaN: class absent, skipped
+        acc = inter / gt_count
+        dice = 2 * inter / (gt_count + pred_count)
+        total = cm.sum()
+        freq = gt_count / total
+        biou = _iou(self.state["bconfmat"].double().cpu())
+
+        n_gt, n_pr, match_pr, match_gt = self.state["edges"].double().cpu()
+        precision = match_pr / (n_pr + 1e-8)
+        recall = match_gt / n_gt  # NaN for classes without GT edges: skipped in the mean
+        bf1 = 2 * precision * recall / (precision + recall + 1e-8)
+        bf1_classes = bf1[1:] if self.drop_background else bf1
+
+        sums, counts = self.state["image_sums"].cpu(), self.state["image_counts"].cpu()
+        return {
+            "miou": _nanmean(iou),
+            "fwiou": float((freq * iou).nansum()) if total > 0 else math.nan,
+            "macc": _nanmean(acc),
+            "gacc": float(inter.sum() / total) if total > 0 else math.nan,
+            "biou": _nanmean(biou),
+            "bf1": _nanmean(bf1_classes),
+            "mdice": _nanmean(dice),
+            "miou_image": float(sums[0] / counts[0]) if counts[0] > 0 else math.nan,
+            "bf1_image": float(sums[1] / counts[1]) if counts[1] > 0 else math.nan,
+            "per_class": {
+                "miou": iou.tolist(),
+                "macc": acc.tolist(),
+                "mdice": dice.tolist(),
+                "biou": biou.tolist(),
+                "bf1": bf1.tolist(),
+                "freq": freq.tolist(),
+            },
+        }
+
+    def __str__(self) -> str:
+        results = self.compute()
+        per_class = results["per_class"]
+        lines = ["class      IoU    Acc   BIoU    BF1"]
+        for c in range(self.num_classes):
+            row = [per_class[k][c] for k in ("miou", "macc", "biou", "bf1")]
+            lines.append(f"{c:5d} " + " ".join(f"{100 * v:6.2f}" for v in row))
+        summary = ", ".join(
+            f"{k} {100 * results[k]:.2f}" for k in ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
+        )
+        return "\n".join([*lines, summary])
+
+
+def _iou(cm: torch.Tensor) -> torch.Tensor:
+    inter = cm.diagonal()
+    return inter / (cm.sum(0) + cm.sum(1) - inter)
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    defined = values[~values.isnan()]
+    return float(defined.mean()) if defined.numel() else math.nan
+
+
+def _near_class_edges(labels, edges, num_classes, radius) -> torch.Tensor:
+    """(N, C, H, W) bool: within Chebyshev distance r of an edge pixel of class c."""
+    return dilate(one_hot_masked(labels, edges, num_classes), radius) > 0.5

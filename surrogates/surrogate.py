@@ -1,0 +1,358 @@
+"""`SurrogateLoss`: differentiable surrogates of the six target metrics (SPEC A§2, B2).
+
+Every surrogate replaces the metric's counts with soft counts of softmax probabilities passed
+through searched monotone curves h (surrogates/curves.py), pooled over the batch, and returns
+1 - S. The reference formulas (A§2.2-2.7), with y the one-hot GT and m the valid mask:
+
+    miou   I_c = sum m h_I(p_c) y_c,  U_c = sum m (h_U(p_c) + y_c - h_U(p_c) y_c) + eps,
+           S = mean_c I_c / U_c                                   (all C classes)
+    fwiou  same I_c, U_c;  S = sum_c f_c I_c / U_c / sum_c f_c    (f_c = GT pixel count)
+    biou   miou with m restricted to the GT trimap (edges dilated by `tolerance`)
+    macc   S = mean_c sum h(p_c) y_c / (f_c + eps)
+    gacc   S = sum_c sum h(p_c) y_c / (sum_c f_c + eps)
+    bf1    soft edge B = h3(p) + h4(e) - h3(p) h4(e) - h1(p) h2(e), e = 3x3 erosion of p;
+           per-class boundary F1 of B against GT edges with dilation; mean over classes with
+           GT edges.
+
+Why it is fast: y is one-hot, so h_I (and h for macc/gacc) is evaluated only at each pixel's GT
+channel (N x H x W values), and U_c = |Y_c| + sum over all channels of m h_U(p_c) - sum at the GT
+channel, so no one-hot tensor is built. The curves run as one fused kernel with a hand-written
+backward that saves only the slope (surrogates/fused.py).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from surrogates.boundary import dilate, erode3x3, label_edges, one_hot_masked
+from surrogates.checks import check_finite, check_logits_target, unknown_name
+from surrogates.curves import (
+    METRIC_CURVES,
+    bezier,
+    bezier_value_and_slope,
+    check_theta,
+    curve_tables,
+    preset_theta,
+)
+from surrogates.fused import fused
+
+METRICS = tuple(METRIC_CURVES)  # miou fwiou biou macc gacc bf1
+BOUNDARY_METRICS = ("biou", "bf1")
+CLASS_REDUCTIONS = ("all", "present")
+_DEFAULT_DROP_BACKGROUND = {"biou": True, "bf1": False}  # reference configs (A§2.4, A§2.7)
+
+
+class SurrogateLoss(nn.Module):
+    """1 - S, where S is a differentiable surrogate of `metric` (SPEC B2).
+
+    Args:
+        metric: one of miou, fwiou, biou, macc, gacc, bf1.
+        theta: flat control-point vector in the reference layout (12 numbers for miou, fwiou,
+            biou: h_I then h_U; 6 for macc, gacc; 8 for bf1: h1..h4; more with more pieces per
+            curve), or a preset name (`identity`, `asl-voc-miou`, ...).
+        num_classes: C, the number of logit channels.
+        ignore_index: label of void pixels; they influence neither value nor gradient (bf1 uses
+            them only to locate GT edges next to void, as the reference does).
+        tolerance: boundary tolerance r in pixels (biou band, bf1 matching), square (2r+1)^2.
+        drop_background: leave class 0 out of the biou trimap / the bf1 class mean. None = the
+            reference default (biou True, bf1 False).
+        eps: the reference's 1e-8.
+        class_reduction: "all" averages miou/biou/macc over all C classes (reference: classes
+            absent from the batch count as 0); "present" averages over classes present in the
+            batch GT. fwiou, gacc and bf1 already weight by presence.
+        per_image: compute the surrogate per image and average over images (reference: pooled
+            over the batch).
+        sync: all-reduce the per-class sums across torch.distributed processes before the ratio,
+            so every process sees the surrogate of the global batch. The backward all-reduces too,
+            so DDP's gradient averaging yields the gradient of the global loss. A no-op when no
+            process group is initialised.
+        region_weight: w >= 0, for biou and bf1 only: adds w * (1 - soft mIoU with identity
+            curves), which stops a boundary loss from collapsing region quality (A§6.2).
+
+    Shape:
+        logits (N, C, H, W) at label size, any float dtype (computed in >= float32, also under
+        autocast); target (N, H, W) integer. Returns a 0-dim tensor.
+    """
+
+    def __init__(
+        self,
+        metric: str,
+        theta: str | Sequence[float],
+        num_classes: int,
+        ignore_index: int = 255,
+        tolerance: int = 5,
+        drop_background: bool | None = None,
+        eps: float = 1e-8,
+        class_reduction: str = "all",
+        per_image: bool = False,
+        sync: bool = False,
+        region_weight: float = 0.0,
+    ):
+        super().__init__()
+        if metric not in METRICS:
+            raise unknown_name("metric", metric, METRICS)
+        if isinstance(theta, str):
+            theta = preset_theta(theta, metric)
+        check_theta(theta, METRIC_CURVES[metric])
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(tolerance, int) or tolerance < 0:
+            raise ValueError(f"tolerance must be an integer >= 0 pixels, got {tolerance!r}")
+        if class_reduction not in CLASS_REDUCTIONS:
+            raise unknown_name("class_reduction", class_reduction, CLASS_REDUCTIONS)
+        if region_weight < 0 or (region_weight > 0 and metric not in BOUNDARY_METRICS):
+            raise ValueError(
+                f"region_weight={region_weight} is for the boundary metrics biou and bf1 "
+                f"(a weight >= 0); metric is {metric}"
+            )
+        if sync and per_image:
+            raise ValueError(
+                "sync=True pools class sums across processes; per_image=True has "
+                "nothing to pool (each image is its own surrogate)"
+            )
+        self.metric = metric
+        self.theta = [float(v) for v in theta]
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.tolerance = tolerance
+        if drop_background is None:
+            drop_background = _DEFAULT_DROP_BACKGROUND.get(metric, False)
+        self.drop_background = bool(drop_background)
+        self.eps = eps
+        self.class_reduction = class_reduction
+        self.per_image = per_image
+        self.sync = sync
+        self.region_weight = float(region_weight)
+        tables = torch.stack(curve_tables(self.theta, METRIC_CURVES[metric]))
+        self.register_buffer("tables", tables, persistent=False)  # (curves, pieces, 7)
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, num_classes: int | None = None, **overrides
+    ) -> "SurrogateLoss":
+        """Build the loss from a searched-parameter YAML (what search exports, retrain reads).
+
+        The file holds a `loss:` mapping with `name: surrogate`, `metric`, `theta` (control
+        points) and optionally any other constructor argument, `num_classes` included.
+        Keyword arguments override the file."""
+        import yaml  # optional dependency: surrogates/ otherwise needs torch only
+
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"searched-loss file not found: {path}")
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        section = doc.get("loss") if isinstance(doc, dict) else None
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: expected a 'loss:' mapping with metric and theta")
+        kwargs = dict(section)
+        name = kwargs.pop("name", "surrogate")
+        if name != "surrogate":
+            raise ValueError(f"{path}: loss.name is '{name}', not 'surrogate'")
+        allowed = set(cls.__init__.__code__.co_varnames[1 : cls.__init__.__code__.co_argcount])
+        for key in kwargs:
+            if key not in allowed:
+                raise unknown_name(f"key in {path} loss:", key, allowed)
+        for key in ("metric", "theta"):
+            if key not in kwargs:
+                raise ValueError(f"{path}: loss.{key} is missing")
+        kwargs.update(overrides)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        if "num_classes" not in kwargs:
+            raise ValueError(f"{path}: num_classes is neither in the file nor given")
+        return cls(**kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"metric={self.metric}, num_classes={self.num_classes}, "
+            f"theta={[round(v, 4) for v in self.theta]}"
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_logits_target(logits, target, self.num_classes, self.ignore_index)
+        # The loss is computed in float32 or better even under autocast (A§8.2).
+        with torch.autocast(logits.device.type, enabled=False):
+            z = logits if logits.dtype == torch.float64 else logits.float()
+            valid = target != self.ignore_index
+            labels = torch.where(valid, target, 0).long()
+            if self.metric == "bf1":
+                p = torch.softmax(z, dim=1)
+                loss = 1 - self._bf1(p, labels, valid)
+            elif self.metric in ("macc", "gacc"):
+                loss = 1 - self._accuracy(z, labels, valid)
+            else:
+                p = torch.softmax(z, dim=1)
+                weight = valid if self.metric != "biou" else valid & self._trimap(labels, valid)
+                fw = self.metric == "fwiou"
+                loss = 1 - self._iou(p, labels, weight, self.tables[0], self.tables[1], fw)
+            if self.region_weight > 0:
+                loss = loss + self.region_weight * (1 - self._iou(p, labels, valid, None, None))
+        if not torch.isfinite(loss):
+            check_finite(logits, loss)
+        return loss
+
+    # --- pieces -------------------------------------------------------------------------------
+
+    def _groups(self, n: int) -> int:
+        return n if self.per_image else 1
+
+    def _class_sums(self, labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Sum `values` (N, ...) per (group, GT class) -> (G, C)."""
+        n, c = labels.shape[0], self.num_classes
+        index = labels.reshape(n, -1)
+        if self.per_image:
+            index = index + c * torch.arange(n, device=labels.device).unsqueeze(1)
+        sums = values.new_zeros(self._groups(n) * c)
+        return sums.index_add(0, index.reshape(-1), values.reshape(-1)).view(-1, c)
+
+    def _sync(self, *sums: torch.Tensor) -> list[torch.Tensor]:
+        if not self.sync:
+            return list(sums)
+        import torch.distributed as dist  # only the sync option needs it
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return list(sums)
+        return [_AllReduceSum.apply(s) for s in sums]
+
+    def _reduce_classes(self, ratio: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """(G, C) per-class ratios -> scalar: class mean per group, then mean over groups."""
+        present = (count > 0).to(ratio.dtype)
+        if self.class_reduction == "all":
+            per_group = ratio.mean(dim=1)
+        else:
+            per_group = (ratio * present).sum(1) / present.sum(1).clamp(min=1)
+        return _mean_over_groups(per_group, present.sum(1) > 0)
+
+    def _iou(self, p, labels, weight, table_i, table_u, by_frequency=False) -> torch.Tensor:
+        """miou / biou surrogate, fwiou with by_frequency; identity curves for None tables."""
+        n, c = p.shape[:2]
+        weight = weight.to(p.dtype)
+        p = p.reshape(n, c, -1)  # (N, C, P)
+        weight = weight.reshape(n, -1)  # (N, P)
+        p_gt = p.gather(1, labels.reshape(n, 1, -1)).squeeze(1)  # (N, P)
+        h_i_gt = p_gt if table_i is None else bezier(p_gt, table_i)
+        h_u_gt = p_gt if table_u is None else bezier(p_gt, table_u)
+        h_u = p if table_u is None else bezier(p, table_u)
+        soft_all = torch.bmm(h_u, weight.unsqueeze(2)).squeeze(2)  # (N, C): sum_i m h_U(p_c)
+        if not self.per_image:
+            soft_all = soft_all.sum(0, keepdim=True)
+        inter = self._class_sums(labels, h_i_gt * weight)
+        count = self._class_sums(labels, weight)
+        # on GT pixels the union term is exactly 1, elsewhere h_U(p_c)
+        soft_gt = self._class_sums(labels, h_u_gt * weight)
+        inter, count, soft_all, soft_gt = self._sync(inter, count, soft_all, soft_gt)
+        union = count + soft_all - soft_gt + self.eps
+        ratio = inter / union
+        if by_frequency:
+            per_group = (count * ratio).sum(1) / count.sum(1).clamp(min=self.eps)
+            return _mean_over_groups(per_group, count.sum(1) > 0)
+        return self._reduce_classes(ratio, count)
+
+    def _accuracy(self, z, labels, valid) -> torch.Tensor:
+        """macc / gacc surrogate: the curve is needed at the GT channel only."""
+        z_gt = z.gather(1, labels.unsqueeze(1)).squeeze(1)  # (N, H, W)
+        p_gt = torch.exp(z_gt - torch.logsumexp(z, dim=1))
+        weight = valid.to(z.dtype)
+        hits = self._class_sums(labels, bezier(p_gt, self.tables[0]) * weight)
+        count = self._class_sums(labels, weight)
+        hits, count = self._sync(hits, count)
+        if self.metric == "gacc":
+            per_group = hits.sum(1) / (count.sum(1) + self.eps)
+            return _mean_over_groups(per_group, count.sum(1) > 0)
+        return self._reduce_classes(hits / (count + self.eps), count)
+
+    def _trimap(self, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """GT band: edges of (foreground) classes dilated by the tolerance (A§2.4). No gradient."""
+        edges = _gt_edges(labels, valid, self.num_classes)
+        if self.drop_background:
+            edges &= labels != 0
+        band = dilate(edges.unsqueeze(1).to(torch.float32), self.tolerance)
+        return band.squeeze(1) > 0.5
+
+    def _bf1(self, p, labels, valid) -> torch.Tensor:
+        """Boundary F1 surrogate (A§2.7). No void mask, as in the reference and the metric."""
+        c = self.num_classes
+        edges = _gt_edges(labels, valid, c)
+        gt_edges = one_hot_masked(labels, edges, c).to(p.dtype)  # (N, C, H, W), no gradient
+        soft_edges = _SoftEdges.apply(p, erode3x3(p), self.tables)  # (N, C, H, W)
+        dims = (2, 3) if self.per_image else (0, 2, 3)
+        n_gt = gt_edges.sum(dims).view(-1, c)
+        n_pr = soft_edges.sum(dims).view(-1, c)
+        match_pr = (soft_edges * dilate(gt_edges, self.tolerance)).sum(dims).view(-1, c)
+        match_gt = (dilate(soft_edges, self.tolerance) * gt_edges).sum(dims).view(-1, c)
+        n_gt, n_pr, match_pr, match_gt = self._sync(n_gt, n_pr, match_pr, match_gt)
+        precision = match_pr / (n_pr + self.eps)
+        recall = match_gt / (n_gt + self.eps)
+        f1 = 2 * precision * recall / (precision + recall + self.eps)
+        present = n_gt > 0
+        if self.drop_background:
+            present[:, 0] = False
+        present = present.to(f1.dtype)
+        # No GT edge at all: S = 0 with zero gradient (the reference returns NaN).
+        per_group = (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+        return _mean_over_groups(per_group, present.sum(1) > 0)
+
+
+def _mean_over_groups(per_group: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
+    """Mean over groups (images with per_image, else the one batch) that hold any data; 0 if
+    none does, which gives loss 1 with zero gradient (the reference's empty-band behaviour)."""
+    has_data = has_data.to(per_group.dtype)
+    return (per_group * has_data).sum() / has_data.sum().clamp(min=1)
+
+
+def _gt_edges(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) GT edge pixels: void is one extra label, so class pixels next to void count."""
+    return label_edges(torch.where(valid, labels, num_classes)) & valid
+
+
+def _soft_edges_and_grads(p, e, tables):
+    """Soft XOR B = OR - AND of p and its erosion e with four curves, and dB/dp, dB/de."""
+    h1, d1 = bezier_value_and_slope(p, tables[0])
+    h2, d2 = bezier_value_and_slope(e, tables[1])
+    h3, d3 = bezier_value_and_slope(p, tables[2])
+    h4, d4 = bezier_value_and_slope(e, tables[3])
+    edges = h3 + h4 - h3 * h4 - h1 * h2
+    return edges, d3 * (1 - h4) - d1 * h2, d4 * (1 - h3) - h1 * d2
+
+
+_fused_soft_edges = fused(_soft_edges_and_grads)
+
+
+class _SoftEdges(torch.autograd.Function):
+    """B(p, e) with a fused forward that also returns both partial derivatives, so backward
+    keeps two tensors instead of the eight curve values and slopes."""
+
+    @staticmethod
+    def forward(ctx, p, e, tables):
+        edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
+        ctx.save_for_backward(grad_p, grad_e)
+        return edges.view_as(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_p, grad_e = ctx.saved_tensors
+        return grad * grad_p.view_as(grad), grad * grad_e.view_as(grad), None
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes. Backward sums the (identical) upstream gradients, i.e. scales by the
+    world size, so that DDP's averaging of parameter gradients gives the global-loss gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
