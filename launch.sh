@@ -49,7 +49,10 @@ case "$cmd" in
     setup_venv
     name=${1:-}
     if [ -z "$name" ] || [ ! -f "bench/$name.py" ]; then
-      echo "error: unknown benchmark '${name}'; choose from: $(cd bench && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2
+      shopt -s nullglob
+      names=""
+      for f in bench/*.py; do names+="$(basename "$f" .py) "; done
+      echo "error: unknown benchmark '${name}'; choose from: ${names}" >&2
       exit 2
     fi
     shift

@@ -166,7 +166,10 @@ def check_theta(theta: Sequence[float], num_curves: int, what: str = "theta") ->
 
 # --- evaluation -------------------------------------------------------------------------------
 
-_A_MIN = 1e-6  # a = 0 with u = 0 is 0/0 in the solver (SPEC A§8.1); the slope stays finite
+# a = 0 (control point above the start) makes u = 0 a 0/0 and a = 1 (control point under the end)
+# makes the slope at u = 1 infinite; softmax saturates to exactly 0 and 1, so both ends happen.
+# Clamping a into [1e-6, 1 - 1e-6] keeps the slope finite (SPEC A§8.1).
+_A_MIN = 1e-6
 
 
 def curve_table(points: Sequence[float]) -> torch.Tensor:
@@ -180,8 +183,9 @@ def curve_table(points: Sequence[float]) -> torch.Tensor:
     for k in range(0, len(xy) - 1, 2):
         (x0, y0), (x1, y1), (x2, y2) = xy[k], xy[k + 1], xy[k + 2]
         width = x2 - x0
-        inv_width = 1.0 / width if width > 0 else 0.0  # a zero-width piece only sees x = x0
-        a = min(max((x1 - x0) * inv_width, _A_MIN), 1.0)
+        # a piece narrower than 1e-12 is a vertical jump: it only sees x = x0 and returns y0
+        inv_width = 1.0 / width if width > 1e-12 else 0.0
+        a = min(max((x1 - x0) * inv_width, _A_MIN), 1.0 - _A_MIN)
         rows.append([x0, x2, inv_width, a, y0, y1, y2])
     return torch.tensor(rows, dtype=torch.float64)
 
@@ -205,9 +209,13 @@ def bezier_value_and_slope(
             for new, old in zip(row[[0, 2, 3, 4, 5, 6]], (x0, inv_w, a, y0, y1, y2), strict=True)
         )
     u = ((x - x0) * inv_w).clamp(0.0, 1.0)
-    root = torch.sqrt(a * a + (1.0 - 2.0 * a) * u)  # = (du/dt) / 2 >= a > 0
+    # a^2 + (1 - 2a)u written as a sum of two non-negative terms: no cancellation near a = 1
+    root = torch.sqrt(a * a * (1 - u) + (1 - a) * (1 - a) * u)  # = (du/dt) / 2 > 0
     t = u / (a + root)
     y = (1 - t) * (1 - t) * y0 + 2 * t * (1 - t) * y1 + t * t * y2
+    # h(1) = 1 even when the last pieces are vertical at x = 1 (raw x = 1), where the piece rule
+    # above would return the bottom of the jump; for every other curve this changes nothing
+    y = torch.where(x >= 1, 1.0, y)
     dy_dt = 2 * ((1 - t) * (y1 - y0) + t * (y2 - y1))
     slope = dy_dt * inv_w / (2 * root)  # dh/dx = (dy/dt) / (dx/dt), dx/dt = width * 2 * root
     return y, slope

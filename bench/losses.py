@@ -1,0 +1,160 @@
+"""Speed and memory of every loss: the six metric surrogates against the baselines.
+
+For each loss and input size it measures, on float32 CPU logits with requires_grad:
+  ms        forward + backward wall time, median over repeats after warm-up (the first call of a
+            surrogate compiles its fused elementwise kernels, so warm-up is at least 2 calls)
+  saved MB  bytes of the distinct storages autograd saves for backward during the forward
+            (torch.autograd.graph.saved_tensors_hooks), the logits themselves excluded: the
+            memory a loss keeps alive until backward, which is what limits the batch size
+Both are also given relative to cross-entropy measured in the same run. The "target" column is
+the wall-time budget relative to cross-entropy (region surrogates 1.5x, biou 2x, bf1 3x).
+
+Inputs: logits = randn * 2; targets are random blobs (a coarse 8 x 8 label grid upsampled with
+nearest, so edge density looks like real masks) with a few void (255) pixels.
+
+Run: ./launch.sh bench losses [--quick] [--threads N] [--profile LOSS]
+     (= .venv/bin/python bench/losses.py ...). SLS_COMPILE=0 measures the eager kernels.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import surrogates.fused
+from surrogates import METRICS, SurrogateLoss, build_loss
+
+NUM_CLASSES = 21
+SIZES = ((8, 128, 128), (2, 512, 512))  # (N, H, W)
+BASELINES = ("ce", "focal", "dice", "jaccard", "lovasz")
+TARGETS = {"miou": 1.5, "fwiou": 1.5, "macc": 1.5, "gacc": 1.5, "biou": 2.0, "bf1": 3.0}
+
+
+def blob_target(n: int, h: int, w: int, num_classes: int, void_fraction: float = 0.005):
+    """(N, H, W) int64 labels: a coarse 8 x 8 random grid upsampled with nearest, plus void."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, num_classes, (n, 1, 8, 8), generator=g)
+    target = F.interpolate(coarse.float(), size=(h, w), mode="nearest")[:, 0].long()
+    void = torch.rand(n, h, w, generator=g) < void_fraction
+    return target.masked_fill(void, 255)
+
+
+def make_losses() -> dict[str, nn.Module]:
+    losses = {name: build_loss(name) for name in BASELINES}
+    for metric in METRICS:
+        losses[metric] = SurrogateLoss(metric, f"asl-voc-{metric}", num_classes=NUM_CLASSES)
+    return losses
+
+
+def step(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> None:
+    logits.grad = None
+    loss_fn(logits, target).backward()
+
+
+def time_ms(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor, repeats: int) -> float:
+    """Median forward + backward time in ms, after 3 warm-up calls."""
+    for _ in range(3):
+        step(loss_fn, logits, target)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(loss_fn, logits, target)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def saved_mb(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> float:
+    """MB of distinct storages autograd saves for backward, the logits' storage excluded."""
+    storages = {}
+    own = logits.untyped_storage().data_ptr()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() != own:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    logits.grad = None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(logits, target)
+    loss.backward()
+    return sum(storages.values()) / 2**20
+
+
+def bench_size(losses: dict[str, nn.Module], n: int, h: int, w: int, repeats: int) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(n, NUM_CLASSES, h, w, generator=g) * 2).requires_grad_()
+    target = blob_target(n, h, w, NUM_CLASSES)
+    rows = []
+    for name, loss_fn in losses.items():
+        rows.append(
+            {
+                "loss": name,
+                "ms": time_ms(loss_fn, logits, target, repeats),
+                "mb": saved_mb(loss_fn, logits, target),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    ce = next(r for r in rows if r["loss"] == "ce")
+    print("| loss | ms (fwd+bwd) | x CE | saved MB | x CE | target | met |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        t_ratio, m_ratio = r["ms"] / ce["ms"], r["mb"] / ce["mb"]
+        target = TARGETS.get(r["loss"])
+        goal = f"<= {target:.1f}x" if target else ""
+        met = ("yes" if t_ratio <= target else "NO") if target else ""
+        name = r["loss"] if r["loss"] in BASELINES else f"surrogate {r['loss']}"
+        print(
+            f"| {name} | {r['ms']:.1f} | {t_ratio:.2f} | {r['mb']:.1f} | {m_ratio:.2f} "
+            f"| {goal} | {met} |"
+        )
+
+
+def profile(loss_fn: nn.Module, n: int, h: int, w: int) -> None:
+    """Top operators by self CPU time for one forward + backward (after warm-up)."""
+    logits = (torch.randn(n, NUM_CLASSES, h, w) * 2).requires_grad_()
+    target = blob_target(n, h, w, NUM_CLASSES)
+    for _ in range(3):
+        step(loss_fn, logits, target)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(loss_fn, logits, target)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--profile", metavar="LOSS", help="also profile this loss (e.g. bf1)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 15
+
+    compile_on = os.environ.get("SLS_COMPILE", "1") != "0"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU")
+    print(f"torch.compile of the fused kernels: {'on' if compile_on else 'off (SLS_COMPILE=0)'}")
+    print(f"median of {repeats} repeats after 3 warm-up calls; saved MB excludes the logits\n")
+
+    losses = make_losses()
+    for n, h, w in SIZES:
+        print(f"### N={n}, C={NUM_CLASSES}, {h}x{w}\n")
+        print_table(bench_size(losses, n, h, w, repeats))
+        print()
+    if compile_on and not surrogates.fused._enabled:
+        print("note: torch.compile failed during the run; surrogates ran eager kernels\n")
+    if args.profile:
+        n, h, w = SIZES[0]
+        print(f"### profile of {args.profile}, N={n}, {h}x{w}\n")
+        profile(losses[args.profile], n, h, w)
+
+
+if __name__ == "__main__":
+    main()

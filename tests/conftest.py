@@ -1,0 +1,7 @@
+"""Test settings shared by the whole suite."""
+
+import os
+
+# The fused (torch.compile) kernels are tested against the eager ones in test_fused.py; everywhere
+# else the eager path keeps the suite free of per-dtype compilation time.
+os.environ.setdefault("SLS_COMPILE", "0")
