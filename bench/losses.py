@@ -131,7 +131,7 @@ def profile(loss_fn: nn.Module, n: int, h: int, w: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (smoke run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's own")
     parser.add_argument("--profile", metavar="LOSS", help="also profile this loss (e.g. bf1)")
     args = parser.parse_args()
     if args.threads:
