@@ -153,6 +153,20 @@ def test_merge_and_state_sum_equal_one_pass():
         whole.merge(SegMetrics(c, tolerance=3))
 
 
+def test_region_only_metrics_skip_the_boundary_counts():
+    c = 5
+    target = blob_target(3, 24, 24, c, seed=5)
+    pred = blob_target(3, 24, 24, c, seed=6, void_fraction=0)
+    full, region = SegMetrics(c), SegMetrics(c, boundary=False)
+    full.update(pred, target)
+    region.update(pred, target)
+    fast, slow = region.compute(), full.compute()
+    for key in ("miou", "fwiou", "macc", "gacc", "mdice", "miou_image"):
+        assert fast[key] == slow[key], key
+    assert all(math.isnan(fast[key]) for key in ("biou", "bf1", "bf1_image"))
+    assert not region.state["edges"].any() and not region.state["bconfmat"].any()
+
+
 def test_empty_metrics_are_nan_and_reset_clears():
     metrics = SegMetrics(3)
     assert math.isnan(metrics.compute()["miou"])

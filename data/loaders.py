@@ -1,0 +1,86 @@
+"""Loaders that feed the training engine: `train_loader`, an endless stream addressed by
+iteration (resumable exactly, whatever the number of workers), and `eval_loader`, one ordered
+pass."""
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class _SeededItems(Dataset):
+    """Items addressed by (index, seed): the random transforms of each sample run under their
+    own seed, so a sample's augmentation depends on neither the worker that loads it nor on
+    where training was resumed."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class _EndlessBatches:
+    """Batches of (index, seed) for iterations start, start + 1, ...: the concatenation of
+    per-epoch permutations, each drawn from (seed, epoch), cut into batches. Batch k is the
+    same whether training started at 0 or resumed at k."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_iteration: int):
+        self.num_items, self.batch_size = num_items, batch_size
+        self.seed, self.start = seed, start_iteration
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        position = self.start * self.batch_size
+        epoch, offset = divmod(position, self.num_items)
+        order = self._permutation(epoch)
+        while True:
+            batch = []
+            for _ in range(self.batch_size):
+                if offset == self.num_items:
+                    epoch, offset = epoch + 1, 0
+                    order = self._permutation(epoch)
+                sample_seed = (self.seed * 1_000_003 + position) % 2**63
+                batch.append((int(order[offset]), sample_seed))
+                offset, position = offset + 1, position + 1
+            yield batch
+
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start_iteration: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Endless loader for iteration-based training; deterministic from (seed, iteration)."""
+    if len(dataset) == 0:
+        raise ValueError("the training set is empty")
+    return DataLoader(
+        _SeededItems(dataset),
+        batch_sampler=_EndlessBatches(len(dataset), batch_size, seed, start_iteration),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        # its own generator: creating the iterator then leaves the global RNG (dropout) alone,
+        # which keeps a resumed run on the same random stream as an uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory
+    )

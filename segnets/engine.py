@@ -1,0 +1,305 @@
+"""The training engine shared by the proxy trials of the search and by retrain: `fit`, `evaluate`.
+
+fit: SGD with momentum and weight decay, a poly schedule with optional linear warm-up, a
+learning-rate multiplier for everything outside `model.backbone` (the reference uses 10x for the
+heads, SPEC A§5), loss = main + aux_weight * aux, bf16 autocast on CUDA with the loss in float32,
+optional channels_last, progress lines, periodic evaluation and checkpoints written atomically.
+Resuming from a checkpoint continues exactly: the data stream is addressed by iteration
+(data.train_loader) and the RNG states are restored.
+
+evaluate: exact `SegMetrics` over a loader with a prediction procedure (max, rankdice).
+"""
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data import train_loader
+from surrogates import SegMetrics
+
+PREDICTIONS = ("max", "rankdice")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the search records the trial as failed."""
+
+    def __init__(self, iteration: int, value: float):
+        super().__init__(f"non-finite loss {value} at iteration {iteration}")
+        self.iteration, self.value = iteration, value
+
+
+@dataclass
+class FitConfig:
+    iterations: int = 300  # optimizer steps
+    batch_size: int = 16  # images per step (per process under DDP)
+    lr: float = 0.01  # base learning rate (backbone)
+    head_lr_mult: float = 10.0  # lr multiplier for parameters outside model.backbone
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9  # lr = (lr - min_lr) * (1 - it / iterations) ** power + min_lr
+    min_lr: float = 1e-4
+    warmup_iterations: int = 0  # linear warm-up from 0 over this many iterations
+    aux_weight: float = 0.4  # weight of the auxiliary head's loss (when the model has one)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = False
+    workers: int = 0  # data loader worker processes
+    seed: int = 0  # data order and augmentation
+    log_every: int = 50  # iterations between progress lines (0 = never)
+    eval_every: int = 0  # iterations between evaluations (0 = only when asked at the end)
+    checkpoint_every: int = 0  # iterations between checkpoints (0 = only the final one)
+    quiet: bool = False  # no progress lines (proxy trials)
+
+
+def lr_at(cfg: FitConfig, iteration: int) -> float:
+    """Base learning rate at an iteration: poly decay to min_lr, linear warm-up first."""
+    lr = (cfg.lr - cfg.min_lr) * (1 - iteration / cfg.iterations) ** cfg.poly_power + cfg.min_lr
+    if iteration < cfg.warmup_iterations:
+        lr *= (iteration + 1) / cfg.warmup_iterations
+    return lr
+
+
+def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.SGD:
+    """Two parameter groups: the backbone at lr, everything else (heads) at lr * head_lr_mult."""
+    backbone, heads = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (backbone if name.startswith("backbone.") else heads).append(param)
+    groups = [
+        {"params": backbone, "lr_mult": 1.0},
+        {"params": heads, "lr_mult": cfg.head_lr_mult},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save through a temp file + rename: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def compute_loss(outputs: dict, target: torch.Tensor, loss_fn: Callable, aux_weight: float):
+    loss = loss_fn(outputs["out"], target)
+    if "aux" in outputs and aux_weight > 0:
+        loss = loss + aux_weight * loss_fn(outputs["aux"], target)
+    return loss
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable,
+    train_set: torch.utils.data.Dataset,
+    cfg: FitConfig,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    on_eval: Callable[[nn.Module, int], None] | None = None,
+    extra_state: dict | None = None,
+) -> nn.Module:
+    """Train `model` for cfg.iterations steps on `train_set` and return it.
+
+    Args:
+        loss_fn: (logits (N, C, H, W), target (N, H, W)) -> 0-dim loss, applied to both heads.
+        checkpoint_dir: where `latest.pth` (every cfg.checkpoint_every iterations and at the
+            end) is written; None writes nothing.
+        resume: a checkpoint written by fit; training continues at its iteration exactly.
+        on_eval: called as on_eval(model, iteration) every cfg.eval_every iterations and at
+            the end (the caller evaluates and records; the model is put back in train mode).
+        extra_state: saved into every checkpoint (e.g. the resolved config).
+
+    Raises NonFiniteLossError when the loss becomes NaN or inf.
+    """
+    device = torch.device(device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    start = 0
+    if resume is not None:
+        checkpoint = torch.load(resume, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start = checkpoint["iteration"]
+        set_rng_state(checkpoint["rng"])
+    loader = train_loader(
+        train_set,
+        cfg.batch_size,
+        cfg.seed,
+        start_iteration=start,
+        workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = device.type == "cuda" and cfg.amp
+    verbose = not cfg.quiet and cfg.log_every > 0
+
+    def checkpoint(iteration: int) -> None:
+        if checkpoint_dir is None:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "rng": rng_state(),
+            "fit_config": asdict(cfg),
+            **(extra_state or {}),
+        }
+        save_checkpoint(Path(checkpoint_dir) / "latest.pth", state)
+
+    model.train()
+    batches = iter(loader)
+    started, loss_sum, loss_count = time.perf_counter(), 0.0, 0
+    for iteration in range(start, cfg.iterations):
+        lr = lr_at(cfg, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        images, target = next(batches)
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            outputs = model(images)
+        # the surrogates compute in float32 themselves; cross-entropy gets float32 logits here
+        outputs = {k: v.float() for k, v in outputs.items()}
+        loss = compute_loss(outputs, target, loss_fn, cfg.aux_weight)
+        value = float(loss)  # one sync per step; needed for the non-finite check anyway
+        if not math.isfinite(value):
+            raise NonFiniteLossError(iteration, value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum, loss_count = loss_sum + value, loss_count + 1
+
+        done = iteration + 1
+        if verbose and (done % cfg.log_every == 0 or done == cfg.iterations):
+            elapsed = time.perf_counter() - started
+            rate = (done - start) / elapsed
+            eta = (cfg.iterations - done) / rate
+            print(
+                f"iter {done}/{cfg.iterations}  loss {loss_sum / loss_count:.4f}  lr {lr:.5f}  "
+                f"{rate:.2f} it/s  eta {_format_seconds(eta)}",
+                flush=True,
+            )
+            loss_sum, loss_count = 0.0, 0
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+            checkpoint(done)
+        if on_eval is not None and cfg.eval_every and done % cfg.eval_every == 0:
+            if done < cfg.iterations:
+                on_eval(model, done)
+                model.train()
+    checkpoint(cfg.iterations)
+    if on_eval is not None:
+        on_eval(model, cfg.iterations)
+    return model
+
+
+def predict(logits: torch.Tensor, procedure: str = "max") -> torch.Tensor:
+    """(N, C, H, W) logits -> (N, H, W) int64 labels.
+
+    max: argmax. rankdice: the RankDice decoding (Dai & Li 2023) of the softmax probabilities,
+    non-overlapping labels that maximise the expected Dice (the `rankseg` package)."""
+    if procedure == "max":
+        return logits.argmax(1)
+    if procedure == "rankdice":
+        from rankseg import RankSEG  # optional dependency, needed only here
+
+        probs = torch.softmax(logits.float(), dim=1)
+        return RankSEG(metric="dice", output_mode="multiclass", solver="RMA")(probs)
+    raise ValueError(f"unknown prediction procedure '{procedure}'; valid: {', '.join(PREDICTIONS)}")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    prediction: str = "max",
+    classes: list[int] | None = None,
+    drop_background: bool = False,
+    tolerance: int = 5,
+    boundary: bool = True,
+    amp: bool = True,
+) -> dict:
+    """Exact dataset-level metrics of `model` on `loader` (SegMetrics.compute()'s dict).
+
+    Predictions are resized to the label size when they differ (whole-image evaluation).
+    `classes`, a class-of-interest list, restricts the class means (miou, macc, mdice, biou,
+    bf1) to those classes; fwiou and gacc stay over all pixels."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction procedure '{prediction}'; valid: {PREDICTIONS}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    metrics = SegMetrics(
+        num_classes, drop_background=drop_background, tolerance=tolerance, boundary=boundary
+    )
+    autocast = device.type == "cuda" and amp
+    for images, target in loader:
+        images, target = images.to(device), target.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(images)["out"]
+        logits = logits.float()
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=False)
+        metrics.update(predict(logits, prediction), target)
+    model.train(was_training)
+    results = metrics.compute()
+    if classes is not None:
+        results = restrict_classes(results, classes, drop_background)
+    return results
+
+
+def restrict_classes(results: dict, classes: list[int], drop_background: bool = False) -> dict:
+    """Class means over a class-of-interest subset (NaN classes skipped, as in SegMetrics)."""
+    per_class = results["per_class"]
+    restricted = dict(results)
+    for key in ("miou", "macc", "mdice", "biou", "bf1"):
+        keep = [c for c in classes if not (key == "bf1" and drop_background and c == 0)]
+        values = torch.tensor([per_class[key][c] for c in keep], dtype=torch.float64)
+        defined = values[~values.isnan()]
+        restricted[key] = float(defined.mean()) if defined.numel() else math.nan
+    restricted["classes"] = list(classes)
+    return restricted

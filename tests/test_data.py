@@ -1,0 +1,173 @@
+"""The built-in shapes dataset, the joint transforms, the dataset registry and the loaders."""
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors  # noqa: E402
+
+import data
+import data.shapes as shapes_module
+from data.shapes import CLASS_NAMES, Shapes, ShapesParams, render
+from data.torchvision_compat import torchvision  # noqa: F401
+from data.transforms import MEAN, STD, eval_transforms, train_transforms, whole_image_transforms
+
+SMALL = dict(size=32, train=40, holdout=8, val=8, test=8)
+
+
+def test_render_is_deterministic_and_splits_differ():
+    params = ShapesParams(size=48)
+    image, labels = render(params, "train", 3)
+    again_image, again_labels = render(params, "train", 3)
+    assert np.array_equal(image, again_image) and np.array_equal(labels, again_labels)
+    other_image, _ = render(params, "holdout", 3)
+    assert not np.array_equal(image, other_image)
+    assert image.shape == (48, 48, 3) and image.dtype == np.uint8 and labels.dtype == np.uint8
+
+
+def test_dataset_statistics_make_a_fair_test_bed():
+    params = ShapesParams(size=64, train=300)
+    labels = np.stack([render(params, "train", i)[1] for i in range(300)])
+    valid = labels[labels != 255]
+    share = np.bincount(valid, minlength=7) / valid.size
+    present = [(labels == c).any(axis=(1, 2)).mean() for c in range(7)]
+    assert set(np.unique(labels)) == set(range(7)) | {255}
+    assert share[0] > 0.6  # background dominates, as in VOC
+    assert share[6] < 0.01 and 0.15 < present[6] < 0.6  # dots: rare and small, yet not noise
+    assert share[5] < share[1] / 2  # lines: thin, few pixels per image
+    assert 0.02 < (labels == 255).mean() < 0.15  # a void band, not a void sea
+
+
+def test_void_band_surrounds_objects_and_width_is_configurable():
+    _, labels = render(ShapesParams(size=64, void_width=0), "train", 0)
+    assert not (labels == 255).any()
+    _, banded = render(ShapesParams(size=64, void_width=2), "train", 0)
+    void = banded == 255
+    # every void pixel lies within 2 px of an object pixel
+    objects = np.pad((banded > 0) & (banded < 255), 2)
+    near = np.zeros_like(void)
+    for dy in range(5):
+        for dx in range(5):
+            near |= objects[dy : dy + 64, dx : dx + 64]
+    assert void.any() and (near[void]).all()
+    # objects keep their pixels: the band lies outside them
+    assert ((labels > 0) & (banded == 0)).sum() == 0
+
+
+def test_colour_alone_does_not_separate_the_classes():
+    params = ShapesParams(size=64)
+    means = {c: [] for c in range(7)}
+    for i in range(150):
+        image, labels = render(params, "train", i)
+        for c in range(7):
+            if (labels == c).sum() > 3:
+                means[c].append(image[labels == c].mean(0))
+    centres = np.array([np.mean(means[c], 0) for c in range(7)])
+    spreads = np.array([np.std(means[c], 0).mean() for c in range(7)])
+    # class mean colours are much closer to each other than the spread within a class
+    assert np.abs(centres - centres.mean(0)).max() < spreads.min()
+
+
+def test_cache_is_written_once_and_keyed_by_parameters(tmp_path, monkeypatch):
+    calls = []
+    original = shapes_module.generate_split
+
+    def counting(params, split):
+        calls.append((params, split))
+        return original(params, split)
+
+    monkeypatch.setattr(shapes_module, "generate_split", counting)
+    first = Shapes(tmp_path, "val", **SMALL)
+    second = Shapes(tmp_path, "val", **SMALL)
+    assert len(calls) == 1 and torch.equal(first.images, second.images)
+    Shapes(tmp_path, "val", **{**SMALL, "void_width": 2})  # other parameters: a new cache
+    assert len(calls) == 2
+    monkeypatch.setattr(shapes_module, "VERSION", shapes_module.VERSION + 1)
+    Shapes(tmp_path, "val", **SMALL)  # a new generator version is never served the old cache
+    assert len(calls) == 3
+    folders = sorted(p.name for p in (tmp_path / "shapes").iterdir())
+    assert len(folders) == 3 and not list((tmp_path / "shapes").rglob("*.tmp*"))
+
+
+def test_items_and_transforms(tmp_path):
+    dataset = data.build_dataset("shapes", tmp_path, "train", **SMALL)
+    image, target = dataset[0]
+    assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8
+    assert image.shape == (3, 32, 32) and target.shape == (32, 32) and target.dtype == torch.int64
+    assert dataset.num_classes == len(CLASS_NAMES) == 7
+    transformed = data.build_dataset("shapes", tmp_path, "train", eval_transforms(), **SMALL)
+    x, y = transformed[0]
+    expected = (image.float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(
+        3, 1, 1
+    )
+    assert torch.allclose(x, expected, atol=1e-6) and torch.equal(y, target)
+
+
+def test_train_transforms_pad_labels_with_void_and_keep_pairs_aligned():
+    image = tv_tensors.Image(
+        (1 + torch.arange(120)).to(torch.uint8).view(1, 10, 12).repeat(3, 1, 1)
+    )
+    target = tv_tensors.Mask(torch.arange(10 * 12).view(10, 12) % 7)
+    torch.manual_seed(0)
+    x, y = train_transforms(crop_size=16, photometric=False)(image, target)
+    assert x.shape == (3, 16, 16) and y.shape == (16, 16) and y.dtype == torch.int64
+    assert (y == 255).sum() == 16 * 16 - 10 * 12  # padding is void
+    # image and labels moved together: wherever there is a label, the pixel is a real one
+    assert ((x[0] == (0 - MEAN[0]) / STD[0]) == (y == 255)).all()
+
+
+def test_rescale_and_eval_presets_sizes():
+    image = tv_tensors.Image(torch.zeros(3, 100, 200, dtype=torch.uint8))
+    target = tv_tensors.Mask(torch.zeros(100, 200, dtype=torch.int64))
+    x, y = eval_transforms(scale=(512, 64), crop_size=64)(image, target)
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    x, y = whole_image_transforms(scale=(512, 50))(image, target)
+    assert x.shape == (3, 50, 100) and y.shape == (100, 200)  # labels keep their size
+    torch.manual_seed(1)
+    sizes = {
+        train_transforms(crop_size=300, scale=(400, 100), photometric=False, flip=False)(
+            image, target
+        )[1]
+        .ne(255)
+        .sum()
+        .item()
+        for _ in range(5)
+    }
+    assert len(sizes) > 1  # random rescale: a different valid area each time
+
+
+def test_registry_and_auto(tmp_path):
+    assert data.list_datasets() == ["cityscapes", "shapes", "voc"]
+    with pytest.raises(ValueError, match="did you mean 'shapes'"):
+        data.build_dataset("shape", tmp_path, "train")
+    with pytest.raises(ValueError, match="unknown shapes split 'tran'"):
+        Shapes(tmp_path, "tran", **SMALL)
+    with pytest.raises(ValueError, match="unknown shapes parameter"):
+        Shapes(tmp_path, "train", sise=32)
+    assert data.resolve_dataset("auto", tmp_path) == "shapes"
+    (tmp_path / "cityscapes" / "leftImg8bit").mkdir(parents=True)
+    assert data.resolve_dataset("auto", tmp_path) == "cityscapes"
+    (tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    assert data.resolve_dataset("auto", tmp_path) == "voc"
+    assert data.resolve_dataset("shapes", tmp_path) == "shapes"
+
+
+def _batches(loader, count):
+    it = iter(loader)
+    return [next(it) for _ in range(count)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_loader_resumes_mid_stream_with_identical_batches(tmp_path, workers):
+    dataset = Shapes(tmp_path, "train", train_transforms(crop_size=24), **SMALL)
+    full = _batches(data.train_loader(dataset, 6, seed=3, workers=workers), 9)  # > 1 epoch
+    resumed = _batches(data.train_loader(dataset, 6, seed=3, start_iteration=5), 4)
+    for (x, y), (rx, ry) in zip(full[5:], resumed, strict=True):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+    other = _batches(data.train_loader(dataset, 6, seed=4), 1)[0]
+    assert not torch.equal(full[0][0], other[0])
+
+
+def test_train_loader_visits_every_item_once_per_epoch(tmp_path):
+    dataset = Shapes(tmp_path, "train", **SMALL)  # 40 items, batches of 8: 5 per epoch
+    seen = torch.cat([y.flatten(1) for _, y in _batches(data.train_loader(dataset, 8, 0), 5)])
+    assert len({tuple(row.tolist()) for row in seen}) == 40
