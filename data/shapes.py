@@ -34,9 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors  # noqa: E402
-
-from data.torchvision_compat import torchvision  # noqa: F401 - before tv_tensors
+from torchvision import tv_tensors
 
 VERSION = 1  # bump whenever the generator's output changes
 CLASS_NAMES = ("background", "disc", "box", "triangle", "ring", "line", "dot")

@@ -17,11 +17,9 @@ All end with float conversion and ImageNet normalisation of the image and int64 
 from collections.abc import Callable
 
 import torch
-from torchvision import tv_tensors  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
-from torchvision.transforms.v2 import functional as TF  # noqa: E402
-
-from data.torchvision_compat import torchvision  # noqa: F401 - before torchvision.transforms
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, what pretrained backbones expect
 STD = (0.229, 0.224, 0.225)

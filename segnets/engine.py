@@ -204,7 +204,7 @@ def fit(
         # the surrogates compute in float32 themselves; cross-entropy gets float32 logits here
         outputs = {k: v.float() for k, v in outputs.items()}
         loss = compute_loss(outputs, target, loss_fn, cfg.aux_weight)
-        value = float(loss)  # one sync per step; needed for the non-finite check anyway
+        value = float(loss.detach())  # one sync per step; needed for the non-finite check anyway
         if not math.isfinite(value):
             raise NonFiniteLossError(iteration, value)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,214 @@
+"""PASCAL VOC 2012 semantic segmentation, optionally with the SBD "SegmentationClassAug" labels.
+
+Layout on disk (`root` is the folder that contains VOCdevkit/):
+
+    root/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    root/VOCdevkit/VOC2012/SegmentationClass/<id>.png          palette PNG, pixel = class index
+    root/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+    root/VOCdevkit/VOC2012/SegmentationClassAug/<id>.png       optional: SBD, 8-bit grayscale
+    root/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt optional: the 10,582 aug ids
+
+Labels hold 0 (background), 1..20 (the classes) and 255 (void: object borders and hard pixels).
+VOC comes from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar);
+SegmentationClassAug is the SBD conversion described in the DeepLab and mmsegmentation dataset
+instructions.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from data.torchvision_compat import torchvision  # noqa: F401  (loads torchvision on a CPU torch)
+
+# isort: split
+from torchvision import tv_tensors
+
+CLASS_NAMES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+SPLITS = ("train", "val", "trainval")
+IGNORE_INDEX = 255
+
+LAYOUT_HELP = """Expected PASCAL VOC 2012 under the dataset root:
+    <root>/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    <root>/VOCdevkit/VOC2012/SegmentationClass/<id>.png
+    <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+    <root>/VOCdevkit/VOC2012/SegmentationClassAug/<id>.png          (optional, SBD aug)
+    <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt   (optional, 10,582 ids)
+Get VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and extract
+it into <root>. For the SBD aug labels follow the Pascal VOC section of
+https://mmsegmentation.readthedocs.io/en/latest/user_guides/2_dataset_prepare.html (or the DeepLab
+instructions) and put the id list at ImageSets/Segmentation/train_aug.txt (mmsegmentation calls it
+aug.txt)."""
+
+# A lookup over all 256 byte values: True where the value is a legal VOC label.
+_VALID_LABEL = torch.zeros(256, dtype=torch.bool)
+_VALID_LABEL[: len(CLASS_NAMES)] = True
+_VALID_LABEL[IGNORE_INDEX] = True
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """PASCAL VOC 2012 segmentation; `split="train"` adds the SBD aug labels when present.
+
+    Args:
+        root: the folder that contains VOCdevkit/.
+        split: "train", "val" or "trainval".
+        transform: a joint callable `(image, target) -> (image, target)`.
+        aug: None uses SegmentationClassAug + train_aug.txt for split "train" when both exist;
+            True requires them; False never uses them.
+
+    Items are `(image, target)`: image a `tv_tensors.Image` uint8 (3, H, W), target a
+    `tv_tensors.Mask` int64 (H, W) with values 0..20 and 255 (void).
+    """
+
+    num_classes = len(CLASS_NAMES)
+    ignore_index = IGNORE_INDEX
+    class_names = CLASS_NAMES
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable | None = None,
+        aug: bool | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown VOC split {split!r}; valid splits: {', '.join(SPLITS)}")
+        self.root = Path(root)
+        self.transform = transform
+        voc = self.root / "VOCdevkit" / "VOC2012"
+        for folder in (self.root, voc / "JPEGImages", voc / "ImageSets" / "Segmentation"):
+            _require_dir(folder)
+        self.uses_aug = _resolve_aug(voc, split, aug)
+        if self.uses_aug:
+            list_file, label_dir = _aug_list(voc), voc / "SegmentationClassAug"
+        else:
+            list_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+            label_dir = voc / "SegmentationClass"
+            _require_dir(label_dir)
+        self.ids = _read_split_list(list_file)
+        self.images = [voc / "JPEGImages" / f"{i}.jpg" for i in self.ids]
+        self.labels = [label_dir / f"{i}.png" for i in self.ids]
+        _require_files(self.images, list_file)
+        _require_files(self.labels, list_file)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple:
+        image_path, label_path = self.images[index], self.labels[index]
+        image = _read_rgb(image_path)
+        label = _read_label(label_path)
+        _check_same_size(image_path, image, label_path, label)
+        target = torch.from_numpy(label).long()
+        bad = ~_VALID_LABEL[target]
+        if bad.any():
+            values = torch.unique(target[bad])[:5].tolist()
+            raise ValueError(
+                f"label {label_path} holds values {values} outside the VOC labels 0..20 and "
+                "255 (void)"
+            )
+        image = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        target = tv_tensors.Mask(target)
+        if self.transform is not None:
+            return self.transform(image, target)
+        return image, target
+
+
+def _require_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ValueError(f"VOC dataset folder not found: {path}\n{LAYOUT_HELP}")
+
+
+def _aug_list(voc: Path) -> Path:
+    return voc / "ImageSets" / "Segmentation" / "train_aug.txt"
+
+
+def _resolve_aug(voc: Path, split: str, aug: bool | None) -> bool:
+    """Whether to read SBD aug labels; a half-installed aug layout is an error, not a fallback."""
+    if aug is False:
+        return False
+    if split != "train":
+        if aug:
+            raise ValueError(f"aug=True applies to split 'train' only, got split {split!r}")
+        return False
+    parts = {"folder": voc / "SegmentationClassAug", "id list": _aug_list(voc)}
+    present = {name: path.exists() for name, path in parts.items()}
+    if all(present.values()):
+        return True
+    if aug is None and not any(present.values()):
+        return False
+    # aug=True without the files, or aug=None with only one of the two: falling back to the 1,464
+    # plain train ids would quietly train on a seventh of the 10,582 aug images.
+    missing = ", ".join(str(parts[name]) for name, ok in present.items() if not ok)
+    raise ValueError(
+        f"SBD aug layout incomplete, missing: {missing}. Pass aug=False to train on the plain VOC "
+        f"train ids.\n{LAYOUT_HELP}"
+    )
+
+
+def _read_split_list(list_file: Path) -> list[str]:
+    if not list_file.is_file():
+        raise ValueError(f"VOC split list not found: {list_file}\n{LAYOUT_HELP}")
+    # DeepLab's list_train_aug.txt writes "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
+    # per line, other copies write the bare id: the first word's stem is the id in both.
+    lines = [line.split() for line in list_file.read_text().splitlines()]
+    ids = [Path(words[0]).stem for words in lines if words]
+    if not ids:
+        raise ValueError(f"VOC split list is empty: {list_file}")
+    return ids
+
+
+def _require_files(paths: list[Path], list_file: Path) -> None:
+    # os.path.isfile is a single stat; this runs once per id (10,582 for train_aug) at construction.
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(paths)} ids listed in {list_file} have no file, "
+            f"first: {missing[0]}"
+        )
+
+
+# data/cityscapes.py repeats these three readers on purpose (STYLE rule 20): two callers do not
+# make a shared module.
+def _read_rgb(path: Path) -> np.ndarray:
+    """The image at `path` as a uint8 (H, W, 3) array; a ValueError names an unreadable file."""
+    try:
+        with PIL.Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, SyntaxError) as error:  # PIL reports some broken PNG chunks as SyntaxError
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _read_label(path: Path) -> np.ndarray:
+    """The index PNG at `path` as a uint8 (H, W) array of raw pixel indices.
+
+    A palette ("P") PNG must not be converted: its pixels are the class indices and the palette
+    only colours them. Any other mode (e.g. RGB) is not an index image.
+    """
+    try:
+        with PIL.Image.open(path) as label:
+            if label.mode not in ("P", "L"):
+                raise ValueError(
+                    f"label {path} has PIL mode {label.mode!r}; expected an 8-bit index PNG "
+                    "(mode 'P' or 'L')"
+                )
+            return np.array(label)
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read label {path}: {error}") from error
+
+
+def _check_same_size(
+    image_path: Path, image: np.ndarray, label_path: Path, label: np.ndarray
+) -> None:
+    if image.shape[:2] != label.shape:
+        (ih, iw), (lh, lw) = image.shape[:2], label.shape
+        raise ValueError(
+            f"image {image_path} is {iw}x{ih} (WxH) but its label {label_path} is {lw}x{lh}"
+        )

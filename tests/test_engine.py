@@ -1,0 +1,182 @@
+"""The fit/evaluate engine on the shapes dataset: learning, determinism, exact resume, failures."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import data
+from data.shapes import Shapes
+from data.transforms import eval_transforms, train_transforms
+from segnets import build_segnet
+from segnets.engine import (
+    FitConfig,
+    NonFiniteLossError,
+    evaluate,
+    fit,
+    lr_at,
+    make_optimizer,
+    predict,
+    restrict_classes,
+    seed_everything,
+)
+from surrogates import SegMetrics, build_loss
+
+SHAPES = dict(size=32, train=128, holdout=32, val=32, test=8)
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def make_model(seed=0, aux=False):
+    seed_everything(seed)
+    return build_segnet("unet", 7, base_width=8, depth=2, aux=aux)
+
+
+def train_set(root):
+    return Shapes(root, "train", train_transforms(crop_size=32, photometric=False), **SHAPES)
+
+
+def holdout_metrics(model, root):
+    loader = data.eval_loader(Shapes(root, "holdout", eval_transforms(), **SHAPES), 16)
+    return evaluate(model, loader, 7)
+
+
+def weights(model):
+    return torch.cat(
+        [p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()]
+    )
+
+
+def test_lr_schedule_by_hand():
+    cfg = FitConfig(iterations=100, lr=0.02, min_lr=1e-4, poly_power=0.9, warmup_iterations=10)
+    assert lr_at(cfg, 0) == pytest.approx(0.02 / 10)  # first warm-up step
+    assert lr_at(cfg, 50) == pytest.approx((0.02 - 1e-4) * 0.5**0.9 + 1e-4)
+    assert lr_at(FitConfig(iterations=100, lr=0.02, min_lr=1e-4), 100) == pytest.approx(1e-4)
+
+
+def test_heads_get_the_learning_rate_multiplier():
+    model = build_segnet("deeplabv3plus", 7, backbone="resnet18", aspp_channels=16, aux=True)
+    optimizer = make_optimizer(model, FitConfig(head_lr_mult=10))
+    backbone, heads = optimizer.param_groups
+    n_backbone = sum(p.numel() for n, p in model.named_parameters() if n.startswith("backbone."))
+    assert sum(p.numel() for p in backbone["params"]) == n_backbone
+    assert backbone["lr_mult"] == 1 and heads["lr_mult"] == 10 and len(heads["params"]) > 0
+
+
+def test_fit_learns_and_is_deterministic(shapes_root):
+    cfg = FitConfig(iterations=60, batch_size=8, lr=0.05, head_lr_mult=1, quiet=True)
+    losses = []
+
+    def record_loss(model, iteration):
+        losses.append(iteration)
+
+    before = holdout_metrics(make_model(), shapes_root)
+    model = fit(make_model(), build_loss("ce"), train_set(shapes_root), cfg, on_eval=record_loss)
+    after = holdout_metrics(model, shapes_root)
+    all_background = SegMetrics(7)
+    for _, target in data.eval_loader(Shapes(shapes_root, "holdout", **SHAPES), 16):
+        all_background.update(torch.zeros_like(target), target)
+    assert after["miou"] > all_background.compute()["miou"] + 0.02
+    assert after["miou"] > before["miou"] + 0.05
+    assert losses == [60]  # on_eval at the end only
+    again = fit(make_model(), build_loss("ce"), train_set(shapes_root), cfg)
+    assert torch.equal(weights(model), weights(again))  # bit-identical on CPU
+
+
+def test_fit_lowers_the_training_loss(shapes_root, capsys):
+    cfg = FitConfig(iterations=40, batch_size=8, lr=0.05, head_lr_mult=1, log_every=20)
+    fit(make_model(), build_loss("ce"), train_set(shapes_root), cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter ")]
+    assert len(lines) == 2 and "it/s" in lines[0] and "eta" in lines[0]
+    first, last = (float(line.split("loss ")[1].split()[0]) for line in lines)
+    assert last < first
+
+
+def test_resume_from_a_mid_run_checkpoint_ends_with_the_same_weights(shapes_root, tmp_path):
+    cfg = FitConfig(iterations=30, batch_size=8, quiet=True, checkpoint_every=10, aux_weight=0.4)
+    loss = build_loss("surrogate", metric="miou", theta="identity", num_classes=7)
+    # the aux head has dropout: the restored RNG state matters
+    whole = fit(make_model(aux=True), loss, train_set(shapes_root), cfg)
+
+    interrupted = FitConfig(**{**cfg.__dict__, "eval_every": 10})
+    stop_at_20 = _StopAt(20)
+    with pytest.raises(_Interrupt):
+        fit(
+            make_model(aux=True),
+            loss,
+            train_set(shapes_root),
+            interrupted,
+            checkpoint_dir=tmp_path,
+            on_eval=stop_at_20,
+        )
+    checkpoint = torch.load(tmp_path / "latest.pth", weights_only=False)
+    assert checkpoint["iteration"] == 20 and "fit_config" in checkpoint
+    resumed = fit(
+        make_model(seed=99, aux=True),
+        loss,
+        train_set(shapes_root),
+        cfg,
+        resume=tmp_path / "latest.pth",
+    )
+    assert torch.equal(weights(whole), weights(resumed))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAt:
+    """on_eval hook that simulates a crash right after the checkpoint of an iteration."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def __call__(self, model, iteration):
+        if iteration == self.iteration:
+            raise _Interrupt
+
+
+def test_non_finite_loss_names_the_iteration(shapes_root):
+    calls = []
+
+    def explodes_at_7(logits, target):
+        calls.append(1)
+        loss = nn.functional.cross_entropy(logits, target, ignore_index=255)
+        return loss * math.inf if len(calls) == 8 else loss
+
+    with pytest.raises(NonFiniteLossError, match="iteration 7") as error:
+        fit(
+            make_model(),
+            explodes_at_7,
+            train_set(shapes_root),
+            FitConfig(iterations=20, batch_size=4, quiet=True),
+        )
+    assert error.value.iteration == 7
+
+
+def test_predict_procedures_and_whole_image_evaluation():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]], [[-1.0, 0.5]]]])  # (1, 3, 1, 2)
+    assert predict(logits, "max").tolist() == [[[0, 1]]]
+    ranked = predict(torch.randn(2, 3, 8, 8), "rankdice")
+    assert ranked.shape == (2, 8, 8) and ranked.dtype == torch.int64 and ranked.max() < 3
+    with pytest.raises(ValueError, match="unknown prediction procedure 'T2'"):
+        predict(logits, "T2")
+
+    class Constant(nn.Module):  # predicts class 1 everywhere at half the label resolution
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 3, x.shape[2] // 2, x.shape[3] // 2)
+            out[:, 1] = 1
+            return {"out": out}
+
+    target = torch.ones(1, 8, 8, dtype=torch.long)
+    target[0, :2] = 2
+    loader = [(torch.zeros(1, 3, 8, 8), target)]
+    results = evaluate(Constant(), loader, 3)
+    assert results["gacc"] == pytest.approx(48 / 64)
+    assert results["miou"] == pytest.approx((48 / 64 + 0) / 2)  # class 0 absent: NaN, skipped
+    subset = restrict_classes(results, [1])
+    assert subset["miou"] == pytest.approx(48 / 64) and subset["gacc"] == results["gacc"]
