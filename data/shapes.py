@@ -49,7 +49,7 @@ class ShapesParams:
     val: int = 300
     test: int = 300
     void_width: int = 1  # void band around objects in pixels (0 = no void)
-    noise: float = 0.06  # std of the per-pixel Gaussian noise, intensities in [0, 1]
+    noise: float = 0.04  # std of the per-pixel Gaussian noise, intensities in [0, 1]
     seed: int = 0
 
     def key(self) -> str:
@@ -133,16 +133,20 @@ _OBJECTS = {
 }
 
 
-def _texture(rng, xx, yy, size):
+def _texture(rng, xx, yy, size, amplitude=(0.03, 0.15), away_from=None):
     """(H, W, 3) colour field in [0, 1]: a random colour, a gradient and a sinusoidal texture.
-    Objects and background draw from this same distribution, so colour alone separates nothing."""
+    Objects and background draw their colours from this same distribution, so colour alone
+    separates nothing; objects are less textured than the background and their colour differs
+    from the background's (`away_from`) by at least 0.25 in some channel, so they are visible."""
     base = rng.uniform(0.15, 0.85, 3)
+    while away_from is not None and np.abs(base - away_from).max() < 0.25:
+        base = rng.uniform(0.15, 0.85, 3)
     gradient = rng.uniform(-0.25, 0.25, (2, 3)) / size
     field = base + xx[..., None] * gradient[0] + (yy - size / 2)[..., None] * gradient[1]
     freq = rng.uniform(0.3, 1.4)
     angle = rng.uniform(0, np.pi)
     phase = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
-    return field + rng.uniform(0.03, 0.15) * phase[..., None]
+    return field + rng.uniform(*amplitude) * phase[..., None]
 
 
 def _outer_band(mask: np.ndarray, width: int) -> np.ndarray:
@@ -163,9 +167,10 @@ def render(params: ShapesParams, split: str, index: int) -> tuple[np.ndarray, np
     scale = size / 64
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     image = _texture(rng, xx, yy, size)
-    for _ in range(rng.integers(0, 3)):  # faint object-like clutter that stays background
+    background = image.mean((0, 1))
+    for _ in range(rng.integers(0, 2)):  # faint object-like clutter that stays background
         mask = _disc(rng, xx, yy, scale) if rng.random() < 0.5 else _box(rng, xx, yy, scale)
-        image[mask] = 0.6 * image[mask] + 0.4 * _texture(rng, xx, yy, size)[mask]
+        image[mask] = 0.75 * image[mask] + 0.25 * _texture(rng, xx, yy, size)[mask]
 
     objects = [
         cls
@@ -185,7 +190,8 @@ def render(params: ShapesParams, split: str, index: int) -> tuple[np.ndarray, np
             void |= _outer_band(mask, params.void_width)
         void[mask] = False
         labels[mask] = cls
-        image[mask] = _texture(rng, xx, yy, size)[mask]
+        paint = _texture(rng, xx, yy, size, amplitude=(0.0, 0.06), away_from=background)
+        image[mask] = paint[mask]
 
     image = image + rng.normal(0, params.noise, image.shape)
     labels[void] = 255

@@ -41,9 +41,10 @@ class NonFiniteLossError(FloatingPointError):
 class FitConfig:
     iterations: int = 300  # optimizer steps
     batch_size: int = 16  # images per step (per process under DDP)
+    optimizer: str = "sgd"  # sgd (the reference, pretrained backbones) or adamw (from scratch)
     lr: float = 0.01  # base learning rate (backbone)
     head_lr_mult: float = 10.0  # lr multiplier for parameters outside model.backbone
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     poly_power: float = 0.9  # lr = (lr - min_lr) * (1 - it / iterations) ** power + min_lr
     min_lr: float = 1e-4
@@ -67,8 +68,11 @@ def lr_at(cfg: FitConfig, iteration: int) -> float:
     return lr
 
 
-def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.SGD:
-    """Two parameter groups: the backbone at lr, everything else (heads) at lr * head_lr_mult."""
+def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    """Two parameter groups: the backbone at lr, everything else (heads) at lr * head_lr_mult.
+
+    SGD is the reference recipe; tiny networks trained from scratch on CPU proxies learn several
+    times faster with AdamW (on shapes, SGD at 300 iterations still predicts only background)."""
     backbone, heads = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
