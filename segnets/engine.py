@@ -26,7 +26,7 @@ from torch import nn
 from data import train_loader
 from surrogates import SegMetrics
 
-PREDICTIONS = ("max", "rankdice")
+PREDICTIONS = ("max", "T", "rankdice")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -248,10 +248,16 @@ def fit(
 def predict(logits: torch.Tensor, procedure: str = "max") -> torch.Tensor:
     """(N, C, H, W) logits -> (N, H, W) int64 labels.
 
-    max: argmax. rankdice: the RankDice decoding (Dai & Li 2023) of the softmax probabilities,
-    non-overlapping labels that maximise the expected Dice (the `rankseg` package)."""
+    max: argmax. T: each class probability thresholded at 0.5; a pixel where no class reaches
+    it gets the label C, "no class", which SegMetrics counts as a miss for its GT class (softmax
+    probabilities sum to 1, so at most one class passes, except a tie at exactly 0.5).
+    rankdice: the RankDice decoding (Dai & Li 2023) of the softmax probabilities, non-overlapping
+    labels that maximise the expected Dice (the `rankseg` package)."""
     if procedure == "max":
         return logits.argmax(1)
+    if procedure == "T":
+        top_prob, top_class = torch.softmax(logits.float(), dim=1).max(1)
+        return torch.where(top_prob >= 0.5, top_class, logits.shape[1])
     if procedure == "rankdice":
         from rankseg import RankSEG  # optional dependency, needed only here
 

@@ -1,8 +1,9 @@
 """`SegMetrics`: the exact, dataset-level evaluation metrics (SPEC A§1, B1).
 
 Integer counts are accumulated over the whole evaluation set and divided once in `compute`:
-    confmat   (C, C)  rows GT, columns prediction, valid GT pixels  -> miou fwiou macc gacc mdice
-    bconfmat  (C, C)  the same on the GT trimap (edges dilated by r) -> biou
+    confmat   (C, C+1)  rows GT, columns prediction, valid GT pixels -> miou fwiou macc gacc mdice
+                        (column C: pixels predicted as label C, "no class")
+    bconfmat  (C, C+1)  the same on the GT trimap (edges dilated by r) -> biou
     edges     (4, C)  n_gt, n_pr, match_pr, match_gt edge counts     -> bf1
     image_*   per-image score sums and image counts                  -> miou_image bf1_image
 The state is a dict of tensors that adds up: `merge` two metrics, or all-reduce across DDP ranks.
@@ -31,7 +32,10 @@ class SegMetrics:
             edge extraction and dilations, ~100x the cost of the region counts, and leaves
             them NaN.
 
-    `update(pred, target)` takes int64 (N, H, W) predicted labels and GT labels; `compute()`
+    `update(pred, target)` takes int64 (N, H, W) predicted labels and GT labels. A predicted
+    label equal to C means "no class" (the threshold procedure `T` leaves pixels whose largest
+    probability is below 0.5 unassigned): it counts against the GT class's IoU and accuracy,
+    belongs to no predicted class, and its neighbours of a class are edges. `compute()`
     returns floats under miou fwiou macc gacc biou bf1 mdice miou_image bf1_image (NaN when
     undefined) and per-class lists under "per_class".
 
@@ -61,8 +65,8 @@ class SegMetrics:
     def reset(self) -> None:
         c = self.num_classes
         self.state = {
-            "confmat": torch.zeros(c, c, dtype=torch.int64),
-            "bconfmat": torch.zeros(c, c, dtype=torch.int64),
+            "confmat": torch.zeros(c, c + 1, dtype=torch.int64),
+            "bconfmat": torch.zeros(c, c + 1, dtype=torch.int64),
             "edges": torch.zeros(4, c, dtype=torch.int64),
             "image_sums": torch.zeros(2, dtype=torch.float64),  # miou_image, bf1_image
             "image_counts": torch.zeros(2, dtype=torch.int64),
@@ -80,25 +84,27 @@ class SegMetrics:
         valid = (target >= 0) & (target < c)
         gt = torch.where(valid, target, c)  # every void label becomes the single value C
 
-        # per-image confusion matrices (N, C, C) in one bincount; their sum is the batch's
-        image_index = torch.arange(n, device=device).view(n, 1, 1) * (c * c)
-        pairs = (image_index + gt * c + pred)[valid]
-        per_image_cm = torch.bincount(pairs, minlength=n * c * c).view(n, c, c)
+        # per-image confusion matrices (N, C, C+1) in one bincount; their sum is the batch's
+        columns = c + 1
+        image_index = torch.arange(n, device=device).view(n, 1, 1) * (c * columns)
+        pairs = (image_index + gt * columns + pred)[valid]
+        per_image_cm = torch.bincount(pairs, minlength=n * c * columns).view(n, c, columns)
         self.state["confmat"] += per_image_cm.sum(0)
         if not self.boundary:
             self._add_image_scores(per_image_cm, None)
             return
 
         gt_edges = label_edges(gt) & valid  # (N, H, W)
-        pred_edges = label_edges(pred)  # prediction edges are not masked by void (A§1.4)
+        # prediction edges are not masked by void (A§1.4); unassigned pixels are no class's edge
+        pred_edges = label_edges(pred) & (pred < c)
 
         # biou: confusion matrix on the trimap = dilated (foreground) GT edges, valid pixels
         band_source = gt_edges & (gt != 0) if self.drop_background else gt_edges
         band = dilate(band_source.unsqueeze(1).float(), self.tolerance).squeeze(1) > 0.5
         in_band = band & valid
         self.state["bconfmat"] += torch.bincount(
-            gt[in_band] * c + pred[in_band], minlength=c * c
-        ).view(c, c)
+            gt[in_band] * columns + pred[in_band], minlength=c * columns
+        ).view(c, columns)
 
         edge_counts = self._edge_counts(gt, gt_edges, pred, pred_edges)  # (4, N, C)
         self.state["edges"] += edge_counts.sum(1)
@@ -112,7 +118,7 @@ class SegMetrics:
         pred_near = _near_class_edges(pred, pred_edges, c, self.tolerance)
         # a predicted edge pixel of class k matches if a GT edge of class k is within r, and
         # vice versa
-        pred_matched = pred_edges & gt_near.gather(1, pred.unsqueeze(1)).squeeze(1)
+        pred_matched = pred_edges & gt_near.gather(1, pred.clamp(max=c - 1).unsqueeze(1)).squeeze(1)
         gt_matched = gt_edges & pred_near.gather(1, gt.clamp(max=c - 1).unsqueeze(1)).squeeze(1)
         image = torch.arange(n, device=gt.device).view(n, 1, 1) * c
         counts = [
@@ -128,7 +134,7 @@ class SegMetrics:
         over classes with GT or predicted edges (Csurka et al. 2013), 0 for unmatched classes."""
         cm = per_image_cm.double()
         inter = cm.diagonal(dim1=1, dim2=2)
-        union = cm.sum(2) + cm.sum(1) - inter
+        union = cm.sum(2) + cm[:, :, :-1].sum(1) - inter
         seen = union > 0
         iou = torch.where(seen, inter / union.clamp(min=1), 0.0)
         has_pixels = seen.any(1)
@@ -167,9 +173,12 @@ class SegMetrics:
                     f"{name} must hold integer labels (argmax the logits first), "
                     f"got dtype {t.dtype}"
                 )
-        if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
-            bad = pred[(pred < 0) | (pred >= self.num_classes)][0]
-            raise ValueError(f"pred contains label {int(bad)}, outside [0, {self.num_classes})")
+        if pred.numel() and (pred.min() < 0 or pred.max() > self.num_classes):
+            bad = pred[(pred < 0) | (pred > self.num_classes)][0]
+            raise ValueError(
+                f"pred contains label {int(bad)}, outside [0, {self.num_classes}] "
+                f"({self.num_classes} = unassigned)"
+            )
         return pred.long(), target.long()
 
     # --- combining ----------------------------------------------------------------------------
@@ -203,7 +212,7 @@ class SegMetrics:
     def compute(self) -> dict:
         cm = self.state["confmat"].double().cpu()
         inter = cm.diagonal()
-        gt_count, pred_count = cm.sum(1), cm.sum(0)
+        gt_count, pred_count = cm.sum(1), cm[:, :-1].sum(0)
         iou = inter / (gt_count + pred_count - inter)  # 0/0 = NaN: class absent, skipped
         acc = inter / gt_count
         dice = 2 * inter / (gt_count + pred_count)
@@ -252,8 +261,9 @@ class SegMetrics:
 
 
 def _iou(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU of a (C, C+1) confusion matrix whose last column is 'unassigned'."""
     inter = cm.diagonal()
-    return inter / (cm.sum(0) + cm.sum(1) - inter)
+    return inter / (cm[:, :-1].sum(0) + cm.sum(1) - inter)
 
 
 def _nanmean(values: torch.Tensor) -> float:

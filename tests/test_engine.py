@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import data
@@ -167,8 +168,16 @@ def test_non_finite_loss_names_the_iteration(shapes_root):
 def test_predict_procedures_and_whole_image_evaluation():
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]], [[-1.0, 0.5]]]])  # (1, 3, 1, 2)
     assert predict(logits, "max").tolist() == [[[0, 1]]]
+    # T: probabilities (0.6, 0.3, 0.1) pass the 0.5 threshold, (0.4, 0.35, 0.25) leave the pixel
+    # unassigned (label C = 3)
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.35], [0.1, 0.25]]).view(1, 3, 1, 2)
+    assert predict(probs.log(), "T").tolist() == [[[0, 3]]]
     ranked = predict(torch.randn(2, 3, 8, 8), "rankdice")
     assert ranked.shape == (2, 8, 8) and ranked.dtype == torch.int64 and ranked.max() < 3
+    # confident probabilities (0.9993 vs 0.0003): the Dice-optimal labels are the argmax ones
+    labels = torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(0))
+    confident = F.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 8
+    assert torch.equal(predict(confident, "rankdice"), labels)
     with pytest.raises(ValueError, match="unknown prediction procedure 'T2'"):
         predict(logits, "T2")
 

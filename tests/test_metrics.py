@@ -64,6 +64,33 @@ BOUNDARY_TARGET = [[1, 1, 0, 255], [1, 1, 0, 0], [1, 1, 0, 0]]
 BOUNDARY_PRED = [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
 
 
+def test_unassigned_prediction_by_hand():
+    # label C = 2 is "no class": GT 0 has one hit and one unassigned pixel, GT 1 two hits
+    result = compute([[0, 2], [1, 1]], [[0, 0], [1, 1]], 2)
+    assert result["per_class"]["miou"] == pytest.approx([1 / 2, 1.0])  # not 1/2, 2/3 (argmax)
+    assert result["macc"] == pytest.approx((1 / 2 + 1) / 2)
+    assert result["gacc"] == pytest.approx(3 / 4)
+    assert result["fwiou"] == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+
+
+def test_unassigned_equals_an_extra_class_for_the_real_classes():
+    # independent formula: "no class" scores the C real classes exactly like a (C+1)-th class
+    # that never occurs in GT
+    generator = torch.Generator().manual_seed(3)
+    target = blob_target(2, 24, 24, 4, seed=3)
+    pred = torch.randint(0, 5, (2, 24, 24), generator=generator)
+    pred = torch.where(torch.rand(2, 24, 24, generator=generator) < 0.7, target.clamp(max=3), pred)
+    assert (pred == 4).any()
+    ours, extra = SegMetrics(4, tolerance=2), SegMetrics(5, tolerance=2)
+    ours.update(pred, target)
+    extra.update(pred, target)
+    ours, extra = ours.compute(), extra.compute()
+    for key in ("miou", "macc", "mdice", "biou", "bf1"):
+        assert ours["per_class"][key] == pytest.approx(extra["per_class"][key][:4], nan_ok=True)
+    assert ours["gacc"] == pytest.approx(extra["gacc"])
+    assert ours["bf1"] == pytest.approx(extra["bf1"])
+
+
 def test_edges_skip_the_image_border_and_include_pixels_next_to_void():
     target = torch.tensor(BOUNDARY_TARGET)
     gt = torch.where(target < 2, target, 2)
@@ -185,7 +212,8 @@ def test_empty_metrics_are_nan_and_reset_clears():
             "N x H x W",
         ),
         (torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), "integer labels"),
-        (torch.full((1, 4, 4), 3), torch.zeros(1, 4, 4, dtype=torch.long), "pred contains label 3"),
+        (torch.full((1, 4, 4), 4), torch.zeros(1, 4, 4, dtype=torch.long), "pred contains label 4"),
+        (torch.full((1, 4, 4), -1), torch.zeros(1, 4, 4, dtype=torch.long), "label -1"),
     ],
 )
 def test_bad_metric_input_is_rejected(pred, target, message):
