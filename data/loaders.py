@@ -20,10 +20,18 @@ class _SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:
+        """A whole batch (DataLoader's batched fetch) under one fork of the global RNG."""
+        samples = []
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
+            for index, seed in items:
+                # the CPU generator alone: torch.manual_seed also visits every accelerator
+                # backend, ~0.1 ms a call, a fifth of a proxy step's data time
+                torch.default_generator.manual_seed(seed)
+                samples.append(self.dataset[index])
+        return samples
 
 
 class _EndlessBatches:
@@ -35,9 +43,9 @@ class _EndlessBatches:
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.start = seed, start_iteration
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def _permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_items, generator=generator)
+        return torch.randperm(self.num_items, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         position = self.start * self.batch_size
@@ -50,7 +58,7 @@ class _EndlessBatches:
                     epoch, offset = epoch + 1, 0
                     order = self._permutation(epoch)
                 sample_seed = (self.seed * 1_000_003 + position) % 2**63
-                batch.append((int(order[offset]), sample_seed))
+                batch.append((order[offset], sample_seed))
                 offset, position = offset + 1, position + 1
             yield batch
 
