@@ -9,6 +9,8 @@ usage() {
 usage: ./launch.sh COMMAND [ARGS...]
 
 commands:
+  search METRIC [NUM_GPUS] [key=value ...]   search a surrogate loss for METRIC
+  search --resume RUN_DIR                    continue an interrupted search
   test [PYTEST_ARGS...]   run the test suite (what CI runs)
   bench NAME              run bench/NAME.py (losses, metrics)
   setup                   create or update .venv and exit
@@ -33,7 +35,7 @@ setup_venv() {
   # pip byte-compiles what it installs; --no-compile is never passed (DESIGN.md).
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
   .venv/bin/python -m pip install --quiet -e ".[test]" >&2
-  .venv/bin/python -m compileall -q surrogates data segnets >/dev/null
+  .venv/bin/python -m compileall -q surrogates data segnets search >/dev/null
   echo "$want" > "$stamp"
   echo "[launch] .venv ready" >&2
 }
@@ -41,6 +43,10 @@ setup_venv() {
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
+  search)
+    setup_venv
+    exec .venv/bin/python -m search.run "$@"
+    ;;
   test)
     setup_venv
     exec .venv/bin/python -m pytest "$@"

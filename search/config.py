@@ -1,0 +1,206 @@
+"""The search's configuration: typed dataclasses, filled in layers (DESIGN.md, Configs):
+
+    defaults below  <-  experiments/search/<metric>.yaml  <-  experiments/data/<dataset>.yaml
+                    <-  key=value overrides on the command line
+
+The dataset profile comes after the metric file because it sizes what depends on the data:
+image size, boundary tolerance in pixels, the proxy network and the budget. An unknown key or
+a wrong type is a one-line `ConfigError` naming it.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from search.ppo import PPOConfig
+from segnets.engine import FitConfig
+from surrogates.checks import unknown_name
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "experiments"
+CONTROLLERS = ("ppo",)
+# free-form argument mappings, whose keys the dataset or model constructor checks
+OPEN_MAPPINGS = ("data.params", "proxy.model_args")
+
+
+class ConfigError(ValueError):
+    """A bad command line, file or key; the launcher prints it in one line and exits 2."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "auto"  # shapes | voc | cityscapes | auto (VOC, else Cityscapes, else shapes)
+    root: str = ""  # "" = <repo>/data
+    params: dict[str, Any] = field(default_factory=dict)  # dataset arguments (shapes: size ...)
+
+
+@dataclass
+class ProxyConfig:
+    """The proxy task of a trial (reference A§5: R50 DeepLabV3+, 128 px crops, 1000 iterations)."""
+
+    model: str = "deeplabv3plus"
+    model_args: dict[str, Any] = field(
+        default_factory=lambda: {"backbone": "resnet50", "output_stride": 8, "aux": True}
+    )
+    crop_size: int = 128
+    scale: list[int] | None = field(default_factory=lambda: [512, 128])  # None: no rescale
+    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    photometric: bool = True
+    eval_scale: list[int] | None = field(default_factory=lambda: [512, 128])  # reward images
+    eval_crop: int | None = 128
+    eval_batch_size: int = 32
+    fit: FitConfig = field(
+        default_factory=lambda: FitConfig(iterations=1000, batch_size=32, lr=0.02, log_every=0)
+    )
+
+
+@dataclass
+class SearchConfig:
+    metric: str = "miou"
+    controller: str = "ppo"
+    seed: int = 0  # controller sampling and the proxy training seed shared by all samples
+    reward_split: str = "holdout"  # holdout (a held-out part of train) or val (the reference)
+    tolerance: int = 5  # boundary tolerance in pixels (surrogate and reward)
+    drop_background: bool | None = None  # None = the metric's default (biou True, bf1 False)
+    region_weight: float = 0.0  # boundary metrics: + w * (1 - soft mIoU), SPEC B2
+    failure_reward: float | None = None  # None = the worst reward of the failed trial's step
+    confirm_top_k: int = 3  # confirmation round: the final mean + the k best samples ...
+    confirm_seeds: int = 2  # ... each trained with this many new seeds
+    models_per_gpu: int = 4  # proxy trials sharing one GPU
+    faults: str = ""  # tests only: "STEP:SAMPLE=raise|nan,..." makes those trials fail
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = a local Ray; or an existing cluster (also RAY_ADDRESS)
+    dashboard_port: int = 8265
+    dashboard: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def parse_overrides(words: list[str]) -> dict[str, str]:
+    overrides = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got '{word}'")
+        overrides[key] = value
+    return overrides
+
+
+def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None) -> Config:
+    """The full configuration of a search for `metric` with command-line overrides.
+
+    `data=NAME` picks the dataset profile (default auto); every other key is a dotted path."""
+    import data as datasets  # the dataset registry; imported here to keep this module light
+
+    overrides = dict(overrides)
+    config = OmegaConf.structured(Config)
+    _merge(config, EXPERIMENTS / "search" / f"{metric}.yaml")
+    name = overrides.pop("data", None) or "auto"
+    root = overrides.get("data.root") or data_root or str(datasets.DEFAULT_ROOT)
+    if name not in ("auto", *datasets.list_datasets()):
+        raise ConfigError(str(unknown_name("dataset", name, ["auto", *datasets.list_datasets()])))
+    name = datasets.resolve_dataset(name, root)
+    _merge(config, EXPERIMENTS / "data" / f"{name}.yaml")
+    for key, value in overrides.items():
+        _set(config, key, value)
+    config.data.name = name
+    config.data.root = str(Path(config.data.root or root).resolve())
+    config.search.metric = metric
+    result: Config = OmegaConf.to_object(config)
+    check(result)
+    return result
+
+
+def _merge(config, path: Path) -> None:
+    if not path.is_file():
+        return
+    try:
+        layer = OmegaConf.load(path)
+        for key in OPEN_MAPPINGS:  # a layer's model or dataset arguments replace, not merge
+            if OmegaConf.select(layer, key) is not None:
+                OmegaConf.update(config, key, {}, merge=False)
+        config.merge_with(layer)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path}: {_describe(error)}") from None
+
+
+def _set(config, key: str, value: str) -> None:
+    """One key=value override; the value is parsed as YAML (numbers, lists, null, true)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key) if parent_key else config
+    if parent is None or not OmegaConf.is_config(parent):
+        raise ConfigError(str(unknown_name("config key", key, _leaf_keys(config))))
+    if OmegaConf.is_dict(parent) and leaf not in parent and not _open_mapping(parent_key):
+        raise ConfigError(str(unknown_name("config key", key, _leaf_keys(config))))
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+        parent[leaf] = parsed
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        raise ConfigError(f"bad value for {key}: '{value}' ({_describe(error)})") from None
+
+
+def _open_mapping(key: str) -> bool:
+    return key in OPEN_MAPPINGS
+
+
+def _leaf_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if OmegaConf.is_dict(value) and not _open_mapping(path):
+            keys += _leaf_keys(value, path + ".")
+        else:
+            keys.append(path)
+    return keys
+
+
+def _describe(error: OmegaConfBaseException) -> str:
+    return str(error).splitlines()[0]
+
+
+def check(config: Config) -> None:
+    """Values that are well typed but wrong."""
+    from surrogates import METRICS
+
+    search = config.search
+    if search.metric not in METRICS:
+        raise ConfigError(str(unknown_name("metric", search.metric, METRICS)))
+    if search.controller not in CONTROLLERS:
+        raise ConfigError(str(unknown_name("controller", search.controller, CONTROLLERS)))
+    if search.reward_split not in ("holdout", "val"):
+        raise ConfigError(f"search.reward_split must be holdout or val, got {search.reward_split}")
+    if search.models_per_gpu < 1 or search.confirm_seeds < 1 or search.confirm_top_k < 0:
+        raise ConfigError(
+            "search.models_per_gpu and search.confirm_seeds must be >= 1, confirm_top_k >= 0"
+        )
+    if config.ppo.samples < 2 or config.ppo.steps < 1:
+        raise ConfigError(
+            f"ppo.samples must be >= 2 and ppo.steps >= 1, got {config.ppo.samples}, "
+            f"{config.ppo.steps}"
+        )
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def load(path: str | Path) -> Config:
+    """A resolved config.yaml of a run folder."""
+    config = OmegaConf.structured(Config)
+    _merge(config, Path(path))
+    return OmegaConf.to_object(config)

@@ -1,0 +1,228 @@
+"""`./launch.sh search METRIC [NUM_GPUS] [key=value ...]` and `./launch.sh search --resume RUN_DIR`.
+
+Resolves the config, checks everything that can be checked before anything is written (metric,
+GPUs, keys, dataset, model, loss), creates the run folder, starts or joins Ray and runs the
+`StepSearcher` over `proxy_trial` trials with Ray Tune. Bad input: one line on stderr, exit 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import data  # noqa: F401  (first: the torchvision compatibility import)
+from search import config as configs
+from search.config import Config, ConfigError
+from search.searcher import SearchFailed, StepSearcher, initial_raw
+from search.trial import build_datasets, build_loss, proxy_trial
+from segnets import build_segnet
+from surrogates import METRICS
+from surrogates.checks import unknown_name
+
+# Tune's own tables would interleave with our progress lines; verbose=0 silences the old reporter
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+RESULTS = configs.REPO / "results" / "search"
+USAGE = """usage: ./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
+       ./launch.sh search --resume RUN_DIR [--address ADDR]
+
+METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: all visible; without a
+GPU the trials run on CPU, one core each). Keys: data=shapes|voc|cityscapes|auto, any dotted key
+of the config (ppo.steps=4, proxy.fit.iterations=300, search.seed=1, ...)."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="./launch.sh search", usage=USAGE, add_help=True)
+    parser.add_argument("words", nargs="*")
+    parser.add_argument("--resume", metavar="RUN_DIR")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""))
+    parser.add_argument("--results", default=str(RESULTS), help=argparse.SUPPRESS)
+    parser.error = lambda message: _fail(message)  # one line, exit 2
+    return parser.parse_args(argv)
+
+
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
+    """(config, GPUs to use, run folder to resume or None); raises ConfigError for bad input."""
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "tune").is_dir():
+            raise ConfigError(f"{run_dir} is not a search run folder (no config.yaml and tune/)")
+        if (run_dir / "summary.json").is_file():
+            raise ConfigError(f"{run_dir} is a finished search; nothing to resume")
+        if args.words:
+            raise ConfigError("--resume takes no METRIC or overrides; the run's config is used")
+        cfg = configs.load(run_dir / "config.yaml")
+        return cfg, _gpus(None, cfg), run_dir
+    words = list(args.words)
+    if not words:
+        raise ConfigError("missing METRIC; one of " + ", ".join(METRICS))
+    metric = words.pop(0)
+    if metric not in METRICS:
+        raise ConfigError(str(unknown_name("metric", metric, METRICS)))
+    num_gpus = None
+    if words and "=" not in words[0]:
+        text = words.pop(0)
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"NUM_GPUS must be a positive integer, got '{text}'")
+        num_gpus = int(text)
+    cfg = configs.resolve(metric, configs.parse_overrides(words))
+    if args.address:
+        cfg.ray.address = args.address
+    return cfg, _gpus(num_gpus, cfg), None
+
+
+def _gpus(requested: int | None, cfg: Config) -> int:
+    if cfg.ray.address:  # a cluster: its own resources decide
+        return requested or 0
+    visible = torch.cuda.device_count()
+    if requested and visible and requested > visible:
+        raise ConfigError(f"NUM_GPUS={requested} but only {visible} GPU(s) are visible")
+    return min(requested or visible, visible)
+
+
+def check_runs(cfg: Config) -> None:
+    """Build what every trial builds, once: a missing dataset or a bad model argument is an
+    error now rather than a failed trial later (and the shapes cache is made before trials)."""
+    try:
+        train_set, _ = build_datasets(cfg)
+        build_segnet(cfg.proxy.model, train_set.num_classes, **cfg.proxy.model_args)
+        build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+
+
+def new_run_dir(cfg: Config, results: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = results / f"{cfg.search.metric}-{cfg.data.name}-{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():  # never overwrite a run folder
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def start_ray(cfg: Config, num_gpus: int) -> None:
+    import ray
+
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, logging_level="WARNING", log_to_driver=False)
+        print(f"[search] joined the Ray cluster at {cfg.ray.address}: {ray.cluster_resources()}")
+        return
+    context = ray.init(
+        num_cpus=os.cpu_count(),
+        num_gpus=num_gpus,
+        include_dashboard=cfg.ray.dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=cfg.ray.dashboard_port,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    if cfg.ray.dashboard and context.dashboard_url:
+        print(f"[search] Ray dashboard: http://{context.dashboard_url}")
+
+
+def trial_resources(cfg: Config, num_gpus: int) -> dict:
+    import ray
+
+    if num_gpus or ray.cluster_resources().get("GPU", 0) > 0:
+        return {"cpu": 1, "gpu": 1 / cfg.search.models_per_gpu}
+    return {"cpu": 1}
+
+
+def run(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> int:
+    from ray import tune
+
+    start_ray(cfg, num_gpus)
+    resources = trial_resources(cfg, num_gpus)
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources)
+    if resume:
+        tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_errored=True)
+    else:
+        searcher = StepSearcher(cfg, run_dir)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=-1,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=0),
+        )
+    try:
+        tuner.fit()
+    except Exception as error:  # Tune wraps what the searcher raised
+        cause = _root_cause(error)
+        if isinstance(cause, SearchFailed):
+            print(f"error: {cause}", file=sys.stderr)
+            return 1
+        raise
+    return report(run_dir)
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def report(run_dir: Path) -> int:
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        print(
+            f"[search] stopped before the end; continue with: ./launch.sh search --resume {run_dir}"
+        )
+        return 130
+    s = json.loads(summary_path.read_text())
+    minutes = s["seconds"] / 60
+    print(f"[search] done: {s['trials']} trials ({s['failed']} failed) in {minutes:.1f} min")
+    print(
+        f"[search] best: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
+        f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}"
+    )
+    print(f"[search] theta: {[round(v, 4) for v in s['theta']]}")
+    print(f"[search] exported {s['export']}")
+    print(f"[search] retrain: ./launch.sh retrain {s['export']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, num_gpus, resume_dir = plan(args)
+        check_runs(cfg)
+    except ConfigError as error:
+        _fail(str(error))
+    if num_gpus:
+        slots = num_gpus * cfg.search.models_per_gpu
+        print(f"[search] {num_gpus} GPU(s), {cfg.search.models_per_gpu} proxy models per GPU")
+    else:
+        slots = os.cpu_count()
+        if not cfg.ray.address:
+            print(f"[search] no GPU: trials run on CPU, one core each, {slots} at a time")
+    run_dir = resume_dir or new_run_dir(cfg, Path(args.results))
+    if not resume_dir:
+        (run_dir / "config.yaml").write_text(configs.to_yaml(cfg))
+    print(
+        f"[search] {cfg.search.metric} on {cfg.data.name} ({cfg.data.root}), {cfg.ppo.steps} steps "
+        f"x {cfg.ppo.samples} samples, {cfg.proxy.model} proxy, {cfg.proxy.fit.iterations} it"
+    )
+    print(f"[search] run folder: {run_dir}")
+    return run(cfg, num_gpus, run_dir, resume=resume_dir is not None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
