@@ -8,6 +8,7 @@ advantage A_i = R_i - R_0, no normalisation. The update is `epochs` full-batch A
 of the per-coordinate clipped PPO objective; Adam's state persists across steps.
 """
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -123,7 +124,7 @@ class PPOController:
     def state_dict(self) -> dict:
         return {
             "mu_x": self.mu_x.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # not the live tensors
             "generator": self.generator.get_state(),
         }
 

@@ -64,8 +64,8 @@ def _ratio_after(clip: float) -> float:
     mu_x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     samples = torch.tensor([[0.5], [0.7]], dtype=torch.float64)
     old = truncnorm_log_prob(samples[1], torch.sigmoid(mu_x.detach()), 0.2)
-    optimizer = torch.optim.SGD([mu_x], lr=0.5)
-    ppo_update(mu_x, optimizer, samples, torch.tensor([0.0, 1.0]), 0.2, clip, epochs=200)
+    optimizer = torch.optim.SGD([mu_x], lr=0.05)
+    ppo_update(mu_x, optimizer, samples, torch.tensor([0.0, 1.0]), 0.2, clip, epochs=400)
     new = truncnorm_log_prob(samples[1], torch.sigmoid(mu_x.detach()), 0.2)
     return math.exp(float(new - old))
 

@@ -1,0 +1,155 @@
+"""The search's configuration layers and the StepSearcher driven by hand, the way Ray Tune drives
+it (suggest / on_trial_complete / save / restore), with toy rewards instead of proxy trainings."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from search import config as configs
+from search.config import ConfigError
+from search.searcher import SearchFailed, StepSearcher, initial_raw
+from surrogates import SurrogateLoss
+
+TINY = {"ppo.steps": "2", "ppo.samples": "4", "search.confirm_top_k": "2", "search.seed": "5"}
+
+
+def tiny_config(tmp_path, metric="miou", **overrides):
+    return configs.resolve(metric, {**TINY, **overrides}, data_root=str(tmp_path))
+
+
+def toy_result(raw, metric="miou"):
+    """A reward that prefers larger first coordinates, like a metric in [0, 1]."""
+    return {"status": "ok", "reason": "", metric: 0.2 + 0.5 * raw[0], "seconds": 0.1}
+
+
+def drive(searcher, results=toy_result, limit=100):
+    """Run the searcher to the end like Tune with two slots; returns the suggested configs."""
+    suggested, running, n = [], [], 0
+    while True:
+        while len(running) < 2:
+            n += 1
+            config = searcher.suggest(f"t{n}")
+            if config is None or config == "FINISHED":
+                break
+            suggested.append(config)
+            running.append((f"t{n}", config))
+        if not running:
+            assert config == "FINISHED"
+            return suggested
+        trial_id, config = running.pop(0)
+        searcher.on_trial_complete(trial_id, results(config["raw"]))
+        assert len(suggested) < limit
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_config_layers_and_errors(tmp_path):
+    cfg = tiny_config(tmp_path, metric="bf1")
+    assert cfg.data.name == "shapes" and cfg.proxy.model == "lite"  # the shapes profile
+    assert cfg.proxy.model_args == {"width": 16}  # replaced, not merged with the R50 default
+    assert cfg.search.region_weight == 0.5 and cfg.search.tolerance == 2  # metric + data files
+    assert cfg.ppo.steps == 2 and cfg.ppo.epochs == 60 and cfg.ppo.lr == 0.2  # override, A§4
+    assert configs.resolve("miou", {"data": "voc"}, str(tmp_path)).proxy.fit.iterations == 1000
+    with pytest.raises(
+        ConfigError, match="unknown config key 'ppo.step'; .*did you mean 'ppo.steps'"
+    ):
+        tiny_config(tmp_path, **{"ppo.step": "3"})
+    with pytest.raises(ConfigError, match="bad value for ppo.steps: 'many'"):
+        tiny_config(tmp_path, **{"ppo.steps": "many"})
+    with pytest.raises(ConfigError, match="unknown dataset 'vocc'.*did you mean 'voc'"):
+        configs.resolve("miou", {"data": "vocc"}, str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown controller 'pp0'"):
+        tiny_config(tmp_path, **{"search.controller": "pp0"})
+    # free-form model arguments are allowed here and checked by the model builder
+    assert tiny_config(tmp_path, **{"proxy.model_args.width": "8"}).proxy.model_args["width"] == 8
+
+
+def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
+    cfg = tiny_config(tmp_path)
+    searcher = StepSearcher(cfg, tmp_path)
+    suggested = drive(searcher)
+    search = [c for c in suggested if c["phase"] == "search"]
+    confirm = [c for c in suggested if c["phase"] == "confirm"]
+    assert len(search) == 2 * 4
+    assert search[0]["raw"] == pytest.approx(initial_raw("miou"))  # step 1's mean: the identity
+    assert all(c["seed"] == 5 for c in search)  # one training seed for every sample
+    # final mean + top-2 distinct samples + identity, two new seeds each
+    names = sorted({c["candidate"] for c in confirm})
+    assert len(confirm) == 2 * len(names) and {c["seed"] for c in confirm} == {6, 7}
+    assert "final mean" in names and "identity" in names and len(names) == 4
+
+    policy = read_csv(tmp_path / "policy.csv")
+    trials = read_csv(tmp_path / "trials.csv")
+    assert [row["step"] for row in policy] == ["1", "2"] and len(trials) == len(suggested)
+    assert float(policy[1]["mu_0"]) > 0.25  # the toy reward prefers a larger first coordinate
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # noise-free toy: the best candidate is the one with the largest first coordinate
+    best = max(confirm, key=lambda c: toy_result(c["raw"])["miou"])
+    assert summary["raw"] == pytest.approx(best["raw"])
+    assert summary["reward"] > summary["identity_reward"]
+    loss = SurrogateLoss.from_file(tmp_path / "miou_bezier.yaml", num_classes=7)
+    assert loss.theta == pytest.approx(summary["theta"], abs=1e-7)
+    assert searcher.suggest("later") == "FINISHED"
+
+
+def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
+    searcher = StepSearcher(tiny_config(tmp_path), tmp_path)
+
+    def results(raw):
+        if raw[0] == max(c["raw"][0] for c in searcher.running.values()):
+            return {"status": "failed", "reason": "boom"}  # the most promising one fails
+        return toy_result(raw)
+
+    jobs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    assert searcher.suggest("t9") is None  # the step is handed out: wait for results
+    raws = {k: c["raw"] for k, c in jobs.items()}
+    failed = max(raws, key=lambda k: raws[k][0])
+    for trial_id in jobs:
+        searcher.on_trial_complete(trial_id, results(raws[trial_id]))
+    rows = {r["trial_id"]: r for r in read_csv(tmp_path / "trials.csv")}
+    ok_rewards = [float(r["reward"]) for k, r in rows.items() if k != failed]
+    assert rows[failed]["status"] == "failed" and rows[failed]["reason"] == "boom"
+    assert float(rows[failed]["reward_used"]) == min(ok_rewards)
+    assert read_csv(tmp_path / "policy.csv")[0]["failed"] == "1"
+
+
+def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
+    searcher = StepSearcher(tiny_config(tmp_path), tmp_path)
+    ids = [f"t{i}" for i in range(4)]
+    for trial_id in ids:
+        searcher.suggest(trial_id)
+    for trial_id in ids[:-1]:
+        searcher.on_trial_complete(trial_id, {"status": "failed", "reason": "oom"})
+    with pytest.raises(
+        SearchFailed, match="every trial of step 1 failed \\(oom; the trial process died"
+    ):
+        searcher.on_trial_complete(ids[-1], None, error=True)
+    assert len(read_csv(tmp_path / "trials.csv")) == 4  # what happened is on disk
+    assert not (tmp_path / "policy.csv").exists()
+
+
+def test_save_and_restore_mid_step_continue_identically(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    reference = drive(StepSearcher(cfg, tmp_path / "a"))
+
+    interrupted = StepSearcher(cfg, tmp_path / "b")
+    for i in range(6):  # step 1 done, two of step 2 handed out, one finished
+        config = interrupted.suggest(f"t{i}")
+        if i < 5:
+            interrupted.on_trial_complete(f"t{i}", toy_result(config["raw"]))
+    interrupted.save(str(tmp_path / "state.pkl"))
+    resumed = StepSearcher(cfg, tmp_path / "b")
+    resumed.restore(str(tmp_path / "state.pkl"))
+    assert list(resumed.running) == ["t5"]  # Tune re-runs it under its id
+    resumed.on_trial_complete("t5", toy_result(resumed.running["t5"]["raw"]))
+    rest = drive(resumed)
+    assert [c["raw"] for c in rest] == [c["raw"] for c in reference[6:]]
+    policy = read_csv(tmp_path / "b" / "policy.csv")
+    assert policy == read_csv(tmp_path / "a" / "policy.csv")
+    assert not math.isnan(float(policy[-1]["mu_0"]))
