@@ -17,7 +17,7 @@ import torch
 import data  # noqa: F401  (first: the torchvision compatibility import)
 from search import config as configs
 from search.config import Config, ConfigError
-from search.searcher import SearchFailed, StepSearcher, initial_raw
+from search.searcher import StepSearcher, initial_raw
 from search.trial import build_datasets, build_loss, proxy_trial
 from segnets import build_segnet
 from surrogates import METRICS
@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""))
     parser.add_argument("--results", default=str(RESULTS), help=argparse.SUPPRESS)
     parser.error = lambda message: _fail(message)  # one line, exit 2
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def _fail(message: str):
@@ -158,14 +158,7 @@ def run(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> int:
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=0),
         )
-    try:
-        tuner.fit()
-    except Exception as error:  # Tune wraps what the searcher raised
-        cause = _root_cause(error)
-        if isinstance(cause, SearchFailed):
-            print(f"error: {cause}", file=sys.stderr)
-            return 1
-        raise
+    tuner.fit()
     return report(run_dir)
 
 
@@ -173,14 +166,12 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    return error
-
-
 def report(run_dir: Path) -> int:
     summary_path = run_dir / "summary.json"
+    if (run_dir / "failed.json").is_file():
+        error = json.loads((run_dir / "failed.json").read_text())["error"]
+        print(f"error: the search stopped: {error}", file=sys.stderr)
+        return 1
     if not summary_path.is_file():
         print(
             f"[search] stopped before the end; continue with: ./launch.sh search --resume {run_dir}"

@@ -29,7 +29,9 @@ METRIC_COLUMNS = (*METRICS, "mdice", "miou_image", "bf1_image")
 
 
 class SearchFailed(RuntimeError):
-    """Every trial of a step failed: updating the policy on failure rewards would be garbage."""
+    """Every trial of a step failed: updating the policy on failure rewards would be garbage.
+    Tune only logs what a searcher raises, so the searcher stops (suggest returns FINISHED) and
+    leaves the message in failed.json for the search command."""
 
 
 def initial_raw(metric: str) -> list[float]:
@@ -76,7 +78,7 @@ class StepSearcher(Searcher):
     # --- Tune's interface ---------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.phase == "done":
+        if self.phase in ("done", "failed"):
             return Searcher.FINISHED
         if not self.queue:
             return None  # wait for the results of the open step
@@ -96,8 +98,10 @@ class StepSearcher(Searcher):
         try:
             if self.open_jobs == 0:
                 self._close_step() if self.phase == "search" else self._finish()
-        finally:  # a failing step is still on disk
-            self._write_files()
+        except SearchFailed as error:
+            self.phase = "failed"
+            write_atomic(Path(self.run_dir) / "failed.json", json.dumps({"error": str(error)}))
+        self._write_files()
         self._print_progress()
 
     def save(self, checkpoint_path: str) -> None:

@@ -9,7 +9,8 @@ import torch
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ValueError:
     """The error for a name that is not in a registry, with a did-you-mean when one is close."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(str(name), valid, n=1)
+    same_but_case = [v for v in valid if v.lower() == str(name).lower()]
+    close = same_but_case or difflib.get_close_matches(str(name), valid, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ValueError(f"unknown {kind} '{name}'; valid: {', '.join(valid)}{hint}")
 

@@ -1,0 +1,171 @@
+"""`./launch.sh search` end to end on a tiny shapes search: the run folder, injected faults,
+resume after Ctrl-C, a two-node Ray cluster, and the one-line errors for bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from surrogates import SurrogateLoss
+
+REPO = Path(__file__).resolve().parent.parent
+# 2 steps x 3 samples of 8-iteration proxies on 32 px shapes, 1 confirmation seed: ~1 min
+TINY = [
+    "ppo.steps=2",
+    "ppo.samples=3",
+    "proxy.fit.iterations=8",
+    "proxy.fit.batch_size=4",
+    "proxy.crop_size=24",
+    "data.params={size: 32, train: 48, holdout: 12, val: 4, test: 4}",
+    "search.tolerance=1",
+    "search.confirm_top_k=1",
+    "search.confirm_seeds=1",
+    "search.faults=2:1=raise,2:2=nan",
+]
+TOTAL_TRIALS = 2 * 3 + 3  # steps x samples + (final mean, top-1, identity) x 1 seed
+
+
+def search(args, results, data_root, **popen):
+    command = [str(REPO / "launch.sh"), "search", *args, f"--results={results}"]
+    if args and args[0] != "--resume":
+        command.append(f"data.root={data_root}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=600)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def the_run(results: Path) -> Path:
+    (run_dir,) = results.iterdir()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One uninterrupted tiny search (with the dashboard), shared by the tests below."""
+    root = tmp_path_factory.mktemp("search")
+    done = search(["miou", *TINY], root / "results", root / "data")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, the_run(root / "results"), root
+
+
+def test_search_leaves_a_complete_run_folder(finished):
+    done, run_dir, _ = finished
+    for name in ("config.yaml", "trials.csv", "policy.csv", "miou_bezier.yaml", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "tune").is_dir()
+    assert "no GPU: trials run on CPU, one core each" in done.stdout
+    assert "Ray dashboard: http://127.0.0.1:8265" in done.stdout
+    assert "retrain: ./launch.sh retrain" in done.stdout and "vs identity curve" in done.stdout
+
+    trials = read_csv(run_dir / "trials.csv")
+    assert len(trials) == TOTAL_TRIALS and len({t["trial_id"] for t in trials}) == TOTAL_TRIALS
+    assert [row["step"] for row in read_csv(run_dir / "policy.csv")] == ["1", "2"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    loss = SurrogateLoss.from_file(run_dir / "miou_bezier.yaml", num_classes=7)
+    assert loss.metric == "miou" and loss.theta == pytest.approx(summary["theta"], abs=1e-7)
+    assert loss.tolerance == 1
+
+
+def test_faulty_trials_are_recorded_and_the_search_goes_on(finished):
+    _, run_dir, _ = finished
+    rows = {(r["step"], r["sample"]): r for r in read_csv(run_dir / "trials.csv")}
+    assert rows[("2", "1")]["status"] == "failed"
+    assert "injected fault" in rows[("2", "1")]["reason"]
+    assert rows[("2", "2")]["status"] == "failed"
+    assert "non-finite loss" in rows[("2", "2")]["reason"]
+    step2_ok = [float(r["reward"]) for k, r in rows.items() if k[0] == "2" and r["status"] == "ok"]
+    assert float(rows[("2", "1")]["reward_used"]) == min(step2_ok)
+    assert read_csv(run_dir / "policy.csv")[1]["failed"] == "2"
+    assert sum(r["status"] == "ok" for r in rows.values()) == TOTAL_TRIALS - 2
+
+
+def test_resume_after_ctrl_c_ends_with_the_same_policy(finished, tmp_path):
+    _, reference, _ = finished
+    data_root = finished[2] / "data"
+    child = search(
+        ["miou", *TINY, "ray.dashboard=false"],
+        tmp_path,
+        data_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 300
+    policy = None
+    while time.time() < deadline and child.poll() is None:
+        runs = list(tmp_path.iterdir())
+        policy = runs[0] / "policy.csv" if runs else None
+        if policy and policy.is_file():
+            break
+        time.sleep(0.2)
+    assert policy is not None and policy.is_file(), "the first step never finished"
+    child.send_signal(signal.SIGINT)  # Ctrl-C after the first policy update
+    output, _ = child.communicate(timeout=300)
+    assert child.returncode == 130, output
+    run_dir = the_run(tmp_path)
+    assert f"--resume {run_dir}" in output and not (run_dir / "summary.json").exists()
+
+    resumed = search(["--resume", str(run_dir)], tmp_path, data_root)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert read_csv(run_dir / "policy.csv") == read_csv(reference / "policy.csv")
+    ours = json.loads((run_dir / "summary.json").read_text())
+    theirs = json.loads((reference / "summary.json").read_text())
+    assert ours["theta"] == theirs["theta"] and ours["reward"] == theirs["reward"]
+    assert len(read_csv(run_dir / "trials.csv")) == TOTAL_TRIALS
+
+
+def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        done = search(
+            ["miou", *TINY[:-1], f"--address={cluster.address}"], tmp_path, finished[2] / "data"
+        )
+    finally:
+        cluster.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    nodes = {row["node"] for row in read_csv(the_run(tmp_path) / "trials.csv")}
+    assert len(nodes) == 2, nodes
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["mIoU"], "unknown metric 'mIoU'; valid: .* did you mean 'miou'"),
+        (["miou", "0"], "NUM_GPUS must be a positive integer, got '0'"),
+        (["miou", "two"], "NUM_GPUS must be a positive integer, got 'two'"),
+        (["miou", "ppo.stepz=3"], "unknown config key 'ppo.stepz'.*did you mean 'ppo.steps'"),
+        (["miou", "ppo.steps=x"], "bad value for ppo.steps: 'x'"),
+        (["miou", "data=voc"], "VOC"),
+        (["miou", "proxy.model_args.widht=8"], "widht"),
+        (["--resume", "/tmp"], "is not a search run folder"),
+        ([], "missing METRIC"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    import re
+
+    done = search(args, tmp_path / "results", tmp_path / "data")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-x", "-q"]))
