@@ -130,19 +130,23 @@ def start_ray(cfg: Config, num_gpus: int) -> None:
         print(f"[search] Ray dashboard: http://{context.dashboard_url}")
 
 
-def trial_resources(cfg: Config, num_gpus: int) -> dict:
+def trial_resources(cfg: Config, num_gpus: int) -> tuple[dict, int]:
+    """(resources of one trial, how many trials fit at once)."""
     import ray
 
-    if num_gpus or ray.cluster_resources().get("GPU", 0) > 0:
-        return {"cpu": 1, "gpu": 1 / cfg.search.models_per_gpu}
-    return {"cpu": 1}
+    available = ray.cluster_resources()
+    gpus = num_gpus or int(available.get("GPU", 0))
+    if gpus:
+        per_gpu = cfg.search.models_per_gpu
+        return {"cpu": 1, "gpu": 1 / per_gpu}, gpus * per_gpu
+    return {"cpu": 1}, max(1, int(available.get("CPU", 1)))
 
 
 def run(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> int:
     from ray import tune
 
     start_ray(cfg, num_gpus)
-    resources = trial_resources(cfg, num_gpus)
+    resources, slots = trial_resources(cfg, num_gpus)
     trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources)
     if resume:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_errored=True)
@@ -153,6 +157,8 @@ def run(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> int:
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 num_samples=-1,
+                # also lets Tune start that many trials at once (a custom searcher gets 1)
+                max_concurrent_trials=slots,
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,
             ),

@@ -133,7 +133,9 @@ def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
     try:
         cluster.wait_for_nodes()
         done = search(
-            ["miou", *TINY[:-1], f"--address={cluster.address}"], tmp_path, finished[2] / "data"
+            ["miou", *TINY[:-1], "proxy.fit.iterations=40", f"--address={cluster.address}"],
+            tmp_path,
+            finished[2] / "data",
         )
     finally:
         cluster.shutdown()
