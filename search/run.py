@@ -60,6 +60,7 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
         if args.words:
             raise ConfigError("--resume takes no METRIC or overrides; the run's config is used")
         cfg = configs.load(run_dir / "config.yaml")
+        cfg.ray.address = args.address or cfg.ray.address
         return cfg, _gpus(None, cfg), run_dir
     words = list(args.words)
     if not words:
@@ -74,8 +75,7 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
             raise ConfigError(f"NUM_GPUS must be a positive integer, got '{text}'")
         num_gpus = int(text)
     cfg = configs.resolve(metric, configs.parse_overrides(words))
-    if args.address:
-        cfg.ray.address = args.address
+    cfg.ray.address = args.address or cfg.ray.address
     return cfg, _gpus(num_gpus, cfg), None
 
 
