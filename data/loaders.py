@@ -39,9 +39,18 @@ class _EndlessBatches:
     per-epoch permutations, each drawn from (seed, epoch), cut into batches. Batch k is the
     same whether training started at 0 or resumed at k."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_iteration: int):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        start_iteration: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.start = seed, start_iteration
+        self.rank, self.world_size = rank, world_size
 
     def _permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -60,7 +69,7 @@ class _EndlessBatches:
                 sample_seed = (self.seed * 1_000_003 + position) % 2**63
                 batch.append((order[offset], sample_seed))
                 offset, position = offset + 1, position + 1
-            yield batch
+            yield batch[self.rank :: self.world_size]  # this process's share (DDP)
 
 
 def train_loader(
@@ -70,13 +79,22 @@ def train_loader(
     start_iteration: int = 0,
     workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """Endless loader for iteration-based training; deterministic from (seed, iteration)."""
+    """Endless loader for iteration-based training; deterministic from (seed, iteration).
+
+    Under DDP, batch_size is the global batch: process `rank` of `world_size` gets every
+    world_size-th item of it, so the images seen do not depend on the number of processes."""
     if len(dataset) == 0:
         raise ValueError("the training set is empty")
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
     return DataLoader(
         _SeededItems(dataset),
-        batch_sampler=_EndlessBatches(len(dataset), batch_size, seed, start_iteration),
+        batch_sampler=_EndlessBatches(
+            len(dataset), batch_size, seed, start_iteration, rank, world_size
+        ),
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

@@ -105,19 +105,13 @@ def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None
     """The full configuration of a search for `metric` with command-line overrides.
 
     `data=NAME` picks the dataset profile (default auto); every other key is a dotted path."""
-    import data as datasets  # the dataset registry; imported here to keep this module light
-
     overrides = dict(overrides)
     config = OmegaConf.structured(Config)
-    _merge(config, EXPERIMENTS / "search" / f"{metric}.yaml")
-    name = overrides.pop("data", None) or "auto"
-    root = overrides.get("data.root") or data_root or str(datasets.DEFAULT_ROOT)
-    if name not in ("auto", *datasets.list_datasets()):
-        raise ConfigError(str(unknown_name("dataset", name, ["auto", *datasets.list_datasets()])))
-    name = datasets.resolve_dataset(name, root)
-    _merge(config, EXPERIMENTS / "data" / f"{name}.yaml")
+    merge_file(config, EXPERIMENTS / "search" / f"{metric}.yaml", OPEN_MAPPINGS)
+    name, root = dataset_choice(overrides.pop("data", None), overrides.get("data.root"), data_root)
+    merge_file(config, EXPERIMENTS / "data" / f"{name}.yaml", OPEN_MAPPINGS)
     for key, value in overrides.items():
-        _set(config, key, value)
+        set_key(config, key, value, OPEN_MAPPINGS)
     config.data.name = name
     config.data.root = str(Path(config.data.root or root).resolve())
     config.search.metric = metric
@@ -126,12 +120,24 @@ def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None
     return result
 
 
-def _merge(config, path: Path) -> None:
+def dataset_choice(name: str | None, root: str | None, default_root: str | None) -> tuple:
+    """(dataset name with auto resolved, data root) for `data=NAME` and `data.root=...`."""
+    import data as datasets  # the dataset registry; imported here to keep this module light
+
+    name = name or "auto"
+    root = root or default_root or str(datasets.DEFAULT_ROOT)
+    if name not in ("auto", *datasets.list_datasets()):
+        raise ConfigError(str(unknown_name("dataset", name, ["auto", *datasets.list_datasets()])))
+    return datasets.resolve_dataset(name, root), root
+
+
+def merge_file(config, path: Path, open_keys: tuple[str, ...]) -> None:
+    """Merge a YAML layer; a layer's free-form mappings (open_keys) replace, not merge."""
     if not path.is_file():
         return
     try:
         layer = OmegaConf.load(path)
-        for key in OPEN_MAPPINGS:  # a layer's model or dataset arguments replace, not merge
+        for key in open_keys:
             if OmegaConf.select(layer, key) is not None:
                 OmegaConf.update(config, key, {}, merge=False)
         config.merge_with(layer)
@@ -139,31 +145,27 @@ def _merge(config, path: Path) -> None:
         raise ConfigError(f"{path}: {_describe(error)}") from None
 
 
-def _set(config, key: str, value: str) -> None:
+def set_key(config, key: str, value: str, open_keys: tuple[str, ...]) -> None:
     """One key=value override; the value is parsed as YAML (numbers, lists, null, true)."""
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(config, parent_key) if parent_key else config
-    if parent is None or not OmegaConf.is_config(parent):
-        raise ConfigError(str(unknown_name("config key", key, _leaf_keys(config))))
-    if OmegaConf.is_dict(parent) and leaf not in parent and not _open_mapping(parent_key):
-        raise ConfigError(str(unknown_name("config key", key, _leaf_keys(config))))
+    known = OmegaConf.is_config(parent) and (
+        not OmegaConf.is_dict(parent) or leaf in parent or parent_key in open_keys
+    )
+    if parent is None or not known:
+        raise ConfigError(str(unknown_name("config key", key, _leaf_keys(config, open_keys))))
     try:
-        parsed = yaml.safe_load(value) if value else ""
-        parent[leaf] = parsed
+        parent[leaf] = yaml.safe_load(value) if value else ""
     except (OmegaConfBaseException, yaml.YAMLError) as error:
         raise ConfigError(f"bad value for {key}: '{value}' ({_describe(error)})") from None
 
 
-def _open_mapping(key: str) -> bool:
-    return key in OPEN_MAPPINGS
-
-
-def _leaf_keys(config, prefix: str = "") -> list[str]:
+def _leaf_keys(config, open_keys: tuple[str, ...], prefix: str = "") -> list[str]:
     keys = []
     for key, value in config.items():
         path = f"{prefix}{key}"
-        if OmegaConf.is_dict(value) and not _open_mapping(path):
-            keys += _leaf_keys(value, path + ".")
+        if OmegaConf.is_dict(value) and path not in open_keys:
+            keys += _leaf_keys(value, open_keys, path + ".")
         else:
             keys.append(path)
     return keys
@@ -195,12 +197,12 @@ def check(config: Config) -> None:
         )
 
 
-def to_yaml(config: Config) -> str:
+def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path, schema=Config, open_keys: tuple[str, ...] = OPEN_MAPPINGS):
     """A resolved config.yaml of a run folder."""
-    config = OmegaConf.structured(Config)
-    _merge(config, Path(path))
+    config = OmegaConf.structured(schema)
+    merge_file(config, Path(path), open_keys)
     return OmegaConf.to_object(config)

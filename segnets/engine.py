@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -40,7 +41,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class FitConfig:
     iterations: int = 300  # optimizer steps
-    batch_size: int = 16  # images per step (per process under DDP)
+    batch_size: int = 16  # images per step, over all processes under DDP
     optimizer: str = "sgd"  # sgd (the reference, pretrained backbones) or adamw (from scratch)
     lr: float = 0.01  # base learning rate (backbone)
     head_lr_mult: float = 10.0  # lr multiplier for parameters outside model.backbone
@@ -89,6 +90,23 @@ def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer '{cfg.optimizer}'; valid: adamw, sgd")
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_processes(value: torch.Tensor, world_size: int) -> float:
+    """The loss averaged over processes: one sync per step, needed for the non-finite check
+    anyway; all ranks see the same value, so a NaN on one stops all instead of hanging them."""
+    if world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size
+    return float(value)
 
 
 def rng_state() -> dict:
@@ -165,6 +183,11 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    rank, world_size = process_rank()
+    net = model  # what the training steps call: under DDP the wrapper that averages gradients
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     optimizer = make_optimizer(model, cfg)
     start = 0
     if resume is not None:
@@ -180,12 +203,14 @@ def fit(
         start_iteration=start,
         workers=cfg.workers,
         pin_memory=device.type == "cuda",
+        rank=rank,
+        world_size=world_size,
     )
     autocast = device.type == "cuda" and cfg.amp
-    verbose = not cfg.quiet and cfg.log_every > 0
+    verbose = not cfg.quiet and cfg.log_every > 0 and rank == 0
 
     def checkpoint(iteration: int) -> None:
-        if checkpoint_dir is None:
+        if checkpoint_dir is None or rank != 0:
             return
         state = {
             "model": model.state_dict(),
@@ -210,11 +235,11 @@ def fit(
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            outputs = model(images)
+            outputs = net(images)
         # the surrogates compute in float32 themselves; cross-entropy gets float32 logits here
         outputs = {k: v.float() for k, v in outputs.items()}
         loss = compute_loss(outputs, target, loss_fn, cfg.aux_weight)
-        value = float(loss.detach())  # one sync per step; needed for the non-finite check anyway
+        value = _mean_over_processes(loss.detach(), world_size)  # every rank stops together
         if not math.isfinite(value):
             raise NonFiniteLossError(iteration, value)
         optimizer.zero_grad(set_to_none=True)
@@ -302,6 +327,7 @@ def evaluate(
             logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=False)
         metrics.update(predict(logits, prediction), target)
     model.train(was_training)
+    metrics.all_reduce()  # under DDP each process saw its shard of the loader
     results = metrics.compute()
     if classes is not None:
         results = restrict_classes(results, classes, drop_background)
