@@ -11,6 +11,9 @@ usage: ./launch.sh COMMAND [ARGS...]
 commands:
   search METRIC [NUM_GPUS] [key=value ...]   search a surrogate loss for METRIC
   search --resume RUN_DIR                    continue an interrupted search
+  retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
+                                             retrain a full-size model with a searched loss
+  retrain --resume RUN_DIR                   continue an interrupted retrain
   test [PYTEST_ARGS...]   run the test suite (what CI runs)
   bench NAME              run bench/NAME.py (losses, metrics)
   setup                   create or update .venv and exit
@@ -35,7 +38,7 @@ setup_venv() {
   # pip byte-compiles what it installs; --no-compile is never passed (DESIGN.md).
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
   .venv/bin/python -m pip install --quiet -e ".[test]" >&2
-  .venv/bin/python -m compileall -q surrogates data segnets search >/dev/null
+  .venv/bin/python -m compileall -q surrogates data segnets search retrain >/dev/null
   echo "$want" > "$stamp"
   echo "[launch] .venv ready" >&2
 }
@@ -46,6 +49,10 @@ case "$cmd" in
   search)
     setup_venv
     exec .venv/bin/python -m search.run "$@"
+    ;;
+  retrain)
+    setup_venv
+    exec .venv/bin/python -m retrain.run "$@"
     ;;
   test)
     setup_venv

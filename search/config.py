@@ -109,7 +109,7 @@ def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None
     config = OmegaConf.structured(Config)
     merge_file(config, EXPERIMENTS / "search" / f"{metric}.yaml", OPEN_MAPPINGS)
     name, root = dataset_choice(overrides.pop("data", None), overrides.get("data.root"), data_root)
-    merge_file(config, EXPERIMENTS / "data" / f"{name}.yaml", OPEN_MAPPINGS)
+    merge_file(config, EXPERIMENTS / "data" / f"{name}.yaml", OPEN_MAPPINGS, skip=("retrain",))
     for key, value in overrides.items():
         set_key(config, key, value, OPEN_MAPPINGS)
     config.data.name = name
@@ -131,12 +131,22 @@ def dataset_choice(name: str | None, root: str | None, default_root: str | None)
     return datasets.resolve_dataset(name, root), root
 
 
-def merge_file(config, path: Path, open_keys: tuple[str, ...]) -> None:
-    """Merge a YAML layer; a layer's free-form mappings (open_keys) replace, not merge."""
-    if not path.is_file():
+def merge_file(
+    config,
+    path: Path,
+    open_keys: tuple[str, ...],
+    layer: dict | None = None,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Merge a YAML layer (the file, or `layer` read from it); a layer's free-form mappings
+    (open_keys) replace, not merge. `skip`: top-level sections meant for the other stage (a
+    dataset profile holds both the search's proxy and the retrain settings)."""
+    if layer is None and not path.is_file():
         return
     try:
-        layer = OmegaConf.load(path)
+        layer = OmegaConf.load(path) if layer is None else OmegaConf.create(layer)
+        for key in skip:
+            layer.pop(key, None)
         for key in open_keys:
             if OmegaConf.select(layer, key) is not None:
                 OmegaConf.update(config, key, {}, merge=False)

@@ -258,12 +258,13 @@ def fit(
                 flush=True,
             )
             loss_sum, loss_count = 0.0, 0
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            checkpoint(done)
+        # evaluate before the checkpoint: a checkpoint at k means the evaluation at k is done
         if on_eval is not None and cfg.eval_every and done % cfg.eval_every == 0:
             if done < cfg.iterations:
                 on_eval(model, done)
                 model.train()
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+            checkpoint(done)
     checkpoint(cfg.iterations)
     if on_eval is not None:
         on_eval(model, cfg.iterations)

@@ -120,8 +120,9 @@ def test_resume_from_a_mid_run_checkpoint_ends_with_the_same_weights(shapes_root
             checkpoint_dir=tmp_path,
             on_eval=stop_at_20,
         )
+    # the evaluation at 20 comes before its checkpoint: the crash leaves the one of 10
     checkpoint = torch.load(tmp_path / "latest.pth", weights_only=False)
-    assert checkpoint["iteration"] == 20 and "fit_config" in checkpoint
+    assert checkpoint["iteration"] == 10 and "fit_config" in checkpoint
     resumed = fit(
         make_model(seed=99, aux=True),
         loss,
@@ -137,7 +138,7 @@ class _Interrupt(Exception):
 
 
 class _StopAt:
-    """on_eval hook that simulates a crash right after the checkpoint of an iteration."""
+    """on_eval hook that simulates a crash during the evaluation of an iteration."""
 
     def __init__(self, iteration):
         self.iteration = iteration

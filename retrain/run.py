@@ -1,0 +1,181 @@
+"""`./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]` and
+`./launch.sh retrain --resume RUN_DIR`.
+
+Checks the file, keys, GPUs, dataset, model and loss before anything is written, creates the
+run folder, then trains in this process or, for NUM_GPUS > 1, in NUM_GPUS torchrun processes
+(DDP: nccl on GPUs, gloo processes on CPU). `--baseline ce` adds the cross-entropy run with the
+same settings (reused when a finished one exists) and the comparison table of SPEC A§6.1.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import data  # noqa: F401  (first: the torchvision compatibility import)
+from retrain.config import OPEN_KEYS, RetrainConfig, find_file, resolve
+from retrain.train import make_datasets, make_loss, train
+from search import config as configs
+from search.config import ConfigError
+from segnets import build_segnet
+from surrogates import METRICS
+
+RESULTS = configs.REPO / "results" / "retrain"
+USAGE = """usage: ./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
+       ./launch.sh retrain --resume RUN_DIR
+
+FILE: a searched-loss file (what a search exports), or a name in experiments/retrain/
+(miou_bezier.yaml ... bf1_bezier.yaml, ce.yaml). NUM_GPUS > 1 runs DDP (on CPU: gloo processes).
+Keys: data=shapes|voc|cityscapes|auto and any dotted key (retrain.fit.iterations=2000, ...)."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="./launch.sh retrain", usage=USAGE)
+    parser.add_argument("words", nargs="*")
+    parser.add_argument("--resume", metavar="RUN_DIR")
+    parser.add_argument("--baseline", choices=["ce"])
+    parser.add_argument("--results", default=str(RESULTS), help=argparse.SUPPRESS)
+    parser.error = lambda message: _fail(message)
+    return parser.parse_intermixed_args(argv)
+
+
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def plan(args: argparse.Namespace) -> tuple[RetrainConfig, Path | None]:
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints").is_dir():
+            raise ConfigError(
+                f"{run_dir} is not a retrain run folder (no config.yaml and checkpoints/)"
+            )
+        if args.words:
+            raise ConfigError("--resume takes no FILE or overrides; the run's config is used")
+        return configs.load(run_dir / "config.yaml", RetrainConfig, OPEN_KEYS), run_dir
+    words = list(args.words)
+    if not words:
+        raise ConfigError("missing FILE (a searched-loss yaml or a name in experiments/retrain/)")
+    path = find_file(words.pop(0))
+    processes = None
+    if words and "=" not in words[0]:
+        text = words.pop(0)
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"NUM_GPUS must be a positive integer, got '{text}'")
+        processes = int(text)
+    visible = torch.cuda.device_count()
+    if processes and visible and processes > visible:
+        raise ConfigError(f"NUM_GPUS={processes} but only {visible} GPU(s) are visible")
+    cfg = resolve(path, configs.parse_overrides(words))
+    cfg.processes = processes or max(1, visible)
+    return cfg, None
+
+
+def check_builds(cfg: RetrainConfig) -> None:
+    """Everything a process builds, once, before a run folder exists."""
+    try:
+        train_set, _ = make_datasets(cfg)
+        build_segnet(cfg.retrain.model, train_set.num_classes, **cfg.retrain.model_args)
+        make_loss(cfg, train_set.num_classes)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+    if cfg.retrain.fit.batch_size % cfg.processes:
+        raise ConfigError(
+            f"retrain.fit.batch_size={cfg.retrain.fit.batch_size} does not split over "
+            f"{cfg.processes} processes"
+        )
+
+
+def new_run_dir(cfg: RetrainConfig, results: Path) -> Path:
+    base = results / f"{cfg.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = base, 1
+    while run_dir.exists():  # never overwrite a run folder
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "config.yaml").write_text(configs.to_yaml(cfg))
+    return run_dir
+
+
+def launch(cfg: RetrainConfig, run_dir: Path) -> dict:
+    """Train in this process, or in cfg.processes torchrun processes; returns final.json."""
+    device = "GPU" if torch.cuda.is_available() else "CPU (gloo)"
+    print(f"[retrain] {cfg.name} on {cfg.data.name}, {cfg.processes} process(es) on {device}")
+    print(f"[retrain] run folder: {run_dir}", flush=True)
+    if cfg.processes == 1:
+        train(run_dir)
+    else:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={cfg.processes}", "-m", "retrain.train", str(run_dir),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, cwd=configs.REPO, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"error: the DDP processes failed (exit {done.returncode})")
+    final = json.loads((run_dir / "final.json").read_text())
+    shown = ", ".join(f"{k} {100 * float(final[k]):.2f}" for k in METRICS)
+    print(f"[retrain] done in {float(final['seconds']) / 60:.1f} min: {shown}")
+    return final
+
+
+def find_baseline(cfg: RetrainConfig, results: Path) -> Path | None:
+    """A finished CE run with exactly these data and training settings."""
+    for config_path in sorted(results.glob("*/config.yaml")):
+        other = configs.load(config_path, RetrainConfig, OPEN_KEYS)
+        same = (other.data, other.retrain, other.processes) == (
+            cfg.data,
+            cfg.retrain,
+            cfg.processes,
+        )
+        if same and other.loss == {"name": "ce"} and (config_path.parent / "final.json").is_file():
+            return config_path.parent
+    return None
+
+
+def comparison(target: str | None, rows: dict[str, dict]) -> str:
+    """The table of SPEC A§6.1: a row per loss, the six metrics, the target metric marked."""
+    header = [f"{m}*" if m == target else m for m in METRICS]
+    lines = ["| loss | " + " | ".join(header) + " |", "|---|" + "---:|" * len(METRICS)]
+    for name, final in rows.items():
+        values = " | ".join(f"{100 * float(final[m]):.2f}" for m in METRICS)
+        lines.append(f"| {name} | {values} |")
+    note = f"\n* the searched loss's target metric ({target})" if target else ""
+    return "\n".join(lines) + note + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, resume_dir = plan(args)
+        check_builds(cfg)
+    except ConfigError as error:
+        _fail(str(error))
+    results = Path(args.results)
+    run_dir = resume_dir or new_run_dir(cfg, results)
+    final = launch(cfg, run_dir)
+    if args.baseline:
+        baseline_cfg = RetrainConfig(**{**vars(cfg), "loss": {"name": "ce"}, "name": "ce"})
+        baseline_dir = find_baseline(baseline_cfg, results)
+        if baseline_dir is None:
+            baseline_dir = new_run_dir(baseline_cfg, results)
+            print("[retrain] baseline: cross-entropy with identical settings")
+            launch(baseline_cfg, baseline_dir)
+        else:
+            print(f"[retrain] baseline: reusing {baseline_dir}")
+        base = json.loads((baseline_dir / "final.json").read_text())
+        table = comparison(cfg.loss.get("metric"), {"ce": base, cfg.name: final})
+        (run_dir / "comparison.md").write_text(table)
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
