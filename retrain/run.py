@@ -106,8 +106,9 @@ def new_run_dir(cfg: RetrainConfig, results: Path) -> Path:
 
 def launch(cfg: RetrainConfig, run_dir: Path) -> dict:
     """Train in this process, or in cfg.processes torchrun processes; returns final.json."""
-    device = "GPU" if torch.cuda.is_available() else "CPU (gloo)"
-    print(f"[retrain] {cfg.name} on {cfg.data.name}, {cfg.processes} process(es) on {device}")
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    ddp = f", DDP over {cfg.processes} processes" if cfg.processes > 1 else ""
+    print(f"[retrain] {cfg.name} on {cfg.data.name}, {device}{ddp}")
     print(f"[retrain] run folder: {run_dir}", flush=True)
     if cfg.processes == 1:
         train(run_dir)

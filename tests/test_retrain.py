@@ -87,7 +87,7 @@ def test_retrain_a_search_export(tmp_path):
 def test_two_process_ddp_retrain_with_the_ce_comparison(tmp_path):
     done = retrain(["macc_bezier.yaml", "2", "--baseline", "ce"], tmp_path, tmp_path / "data")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 process(es) on CPU (gloo)" in done.stdout
+    assert "CPU, DDP over 2 processes" in done.stdout
     runs = sorted(p.name.split("-")[0] for p in tmp_path.iterdir() if p.name != "data")
     assert runs == ["ce", "macc_bezier"]  # one run folder each, the baseline beside it
     (run_dir,) = tmp_path.glob("macc_bezier-*")
