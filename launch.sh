@@ -14,6 +14,7 @@ commands:
   retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
                                              retrain a full-size model with a searched loss
   retrain --resume RUN_DIR                   continue an interrupted retrain
+  report RUN_DIR [RUN_DIR ...]               plots and a Markdown summary of runs
   test [PYTEST_ARGS...]   run the test suite (what CI runs)
   bench NAME              run bench/NAME.py (losses, metrics)
   setup                   create or update .venv and exit
@@ -38,7 +39,7 @@ setup_venv() {
   # pip byte-compiles what it installs; --no-compile is never passed (DESIGN.md).
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
   .venv/bin/python -m pip install --quiet -e ".[test]" >&2
-  .venv/bin/python -m compileall -q surrogates data segnets search retrain >/dev/null
+  .venv/bin/python -m compileall -q surrogates data segnets search retrain results >/dev/null
   echo "$want" > "$stamp"
   echo "[launch] .venv ready" >&2
 }
@@ -49,6 +50,10 @@ case "$cmd" in
   search)
     setup_venv
     exec .venv/bin/python -m search.run "$@"
+    ;;
+  report)
+    setup_venv
+    exec .venv/bin/python -m results.report "$@"
     ;;
   retrain)
     setup_venv

@@ -169,7 +169,10 @@ class StepSearcher(Searcher):
             "ppo_loss": loss,
             "sigma": self.cfg.ppo.sigma,
         }
-        row.update({f"mu_{d}": v for d, v in enumerate(self.controller.mean)})
+        mean = self.controller.mean
+        row.update({f"mu_{d}": v for d, v in enumerate(mean)})
+        theta = raw_to_control(mean, METRIC_CURVES[self.cfg.search.metric])
+        row.update({f"theta_{d}": v for d, v in enumerate(theta)})  # the mean's control points
         self.policy_rows.append(row)
         if self.step < self.cfg.ppo.steps:
             self._open_step()

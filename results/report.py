@@ -1,0 +1,108 @@
+"""`./launch.sh report RUN_DIR [RUN_DIR ...]`: PNG plots and a Markdown summary (report.md) in
+each run folder, the summary printed. Works on a search that is still running."""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+from results import plots  # noqa: E402
+from results.runs import METRICS, load_retrain, load_search, run_kind  # noqa: E402
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    plots.plt.close(fig)
+    return f"plots/{path.name}"
+
+
+def search_report(path: Path) -> str:
+    run = load_search(path)
+    state = "finished" if run.finished else ("stopped: " + run.failed if run.failed else "running")
+    lines = [f"# {run.metric} search {path.name} ({state})", ""]
+    trials = run.trials
+    if trials.empty:
+        return "\n".join([*lines, "No finished trial yet."])
+    failed = int((trials.status != "ok").sum())
+    lines.append(
+        f"{len(trials)} trials finished, {failed} failed; data {run.config['data']['name']}"
+    )
+    if run.finished:
+        s = run.summary
+        lines.append(
+            f"\nBest: **{s['best']}**, {run.metric} {100 * s['reward']:.2f} over {s['seeds']} "
+            f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}; exported "
+            f"`{Path(s['export']).name}`."
+        )
+    figures = [_save(plots.plot_rewards(run), path / "plots" / "rewards.png")]
+    if not run.policy.empty:
+        figures.append(_save(plots.plot_curves(run), path / "plots" / "curves.png"))
+        figures.append(_save(plots.plot_parameters(run), path / "plots" / "parameters.png"))
+        table = run.policy[["step", "reward_mean", "reward_std", "reward_max", "best_so_far"]]
+        lines += ["", "## Steps", "", (table.set_index("step") * 100).round(2).to_markdown()]
+    top = trials[trials.status == "ok"].nlargest(5, "reward").fillna({"candidate": ""})
+    columns = ["phase", "step", "sample", "candidate", "seed", "reward", *METRICS]
+    lines += ["", "## Top trials (%)", "", _percent(top[columns]).to_markdown(index=False)]
+    candidates = run.candidates()
+    if not candidates.empty:
+        lines += ["", "## Confirmation round", "", _percent(candidates).to_markdown(index=False)]
+    lines += ["", "## Plots", "", *[f"![{f}]({f})" for f in figures]]
+    return "\n".join(lines)
+
+
+def retrain_report(path: Path) -> str:
+    run = load_retrain(path)
+    state = "finished" if run.final else "running"
+    lines = [f"# retrain {path.name} ({state})", "", f"loss: `{run.config['loss']}`"]
+    if run.metrics.empty:
+        return "\n".join([*lines, "", "No evaluation yet."])
+    figures = [_save(plots.plot_metrics(run), path / "plots" / "metrics.png")]
+    lines += ["", "## Evaluations (%)", "", _percent(run.metrics).to_markdown(index=False)]
+    if run.comparison:
+        figures.append(_save(plots.plot_comparison(run), path / "plots" / "comparison.png"))
+        lines += ["", "## CE vs searched", "", run.comparison]
+    lines += ["", "## Plots", "", *[f"![{f}]({f})" for f in figures]]
+    return "\n".join(lines)
+
+
+def _percent(table):
+    table = table.copy()
+    for column in table.columns:
+        if column in (*METRICS, "reward", "mdice", "miou_image", "bf1_image") or column.startswith(
+            "reward_"
+        ):
+            table[column] = (100 * table[column]).round(2)
+    return table
+
+
+def report(path: str | Path) -> str:
+    path = Path(path)
+    text = search_report(path) if run_kind(path) == "search" else retrain_report(path)
+    tmp = path / ".report.md.tmp"
+    tmp.write_text(text + "\n")
+    tmp.replace(path / "report.md")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("error: usage: ./launch.sh report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+        return 2
+    for path in paths:  # all checked before anything is written
+        if not (Path(path) / "config.yaml").is_file():
+            print(f"error: {path} is not a run folder (no config.yaml)", file=sys.stderr)
+            return 2
+    for path in paths:
+        print(report(path))
+        print(f"\n[report] wrote {Path(path) / 'report.md'} and plots/\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
