@@ -1,0 +1,143 @@
+"""The search-quality table: does a searched loss beat cross-entropy on its own metric?
+
+On shapes, for each target metric: the default search (`./launch.sh search METRIC`), then
+retrains with 3 seeds each of the searched loss, the published VOC preset (`<metric>_bezier.yaml`),
+the identity curve (the plain soft-metric surrogate) and CE (shared by all metrics). Prints, per
+metric, mean +- std of every metric per loss, the target metric marked, and whether the searched
+loss beats CE on it by more than the seed spread (the larger of the two stds).
+
+It takes hours on two cores (about 40 min per metric plus 10 min of CE). Every run lives in a
+fixed folder under --work; a rerun skips finished runs and resumes interrupted ones, so the
+benchmark can be stopped and restarted at will; the table covers whatever has finished.
+
+Run: ./launch.sh bench quality [--metrics miou macc ...] [--seeds 3] [--work DIR] [--table-only]
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
+LOSSES = ("ce", "searched", "preset", "identity")
+
+
+def launch(*args: str) -> None:
+    print("$ ./launch.sh " + " ".join(args), flush=True)
+    subprocess.run([str(REPO / "launch.sh"), *args], check=True)
+
+
+def finished_run(folder: Path, marker: str) -> Path | None:
+    runs = [p for p in folder.glob("*") if (p / marker).is_file()] if folder.is_dir() else []
+    return runs[0] if runs else None
+
+
+def search(metric: str, work: Path) -> Path:
+    """The default search for metric, run (or resumed) once; returns its export."""
+    folder = work / f"search-{metric}"
+    done = finished_run(folder, "summary.json")
+    if done is None:
+        started = list(folder.glob("*/tune")) if folder.is_dir() else []
+        if started:
+            launch("search", "--resume", str(started[0].parent))
+        else:
+            launch("search", metric, "data=shapes", f"--results={folder}", "ray.dashboard=false")
+        done = finished_run(folder, "summary.json")
+    return done / f"{metric}_bezier.yaml"
+
+
+def loss_file(loss: str, metric: str, work: Path) -> Path:
+    if loss == "ce":
+        return REPO / "experiments" / "retrain" / "ce.yaml"
+    if loss == "preset":
+        return REPO / "experiments" / "retrain" / f"{metric}_bezier.yaml"
+    if loss == "identity":
+        path = work / f"identity-{metric}.yaml"
+        path.write_text(f"loss: {{name: surrogate, metric: {metric}, theta: identity}}\n")
+        return path
+    return search(metric, work)
+
+
+def retrain(loss: str, metric: str, seed: int, work: Path) -> dict:
+    folder = work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}") / f"seed{seed}"
+    done = finished_run(folder, "final.json")
+    if done is None:
+        started = list(folder.glob("*/checkpoints")) if folder.is_dir() else []
+        if started:
+            launch("retrain", "--resume", str(started[0].parent))
+        else:
+            file = loss_file(loss, metric, work)
+            launch(
+                "retrain", str(file), "data=shapes", f"retrain.fit.seed={seed}",
+                f"--results={folder}",
+            )  # fmt: skip
+        done = finished_run(folder, "final.json")
+    return json.loads((done / "final.json").read_text())
+
+
+def collect(metric: str, seeds: int, work: Path, run: bool) -> dict[str, list[dict]]:
+    """loss -> the final.json of each finished seed (running what is missing when run=True)."""
+    results = {}
+    for loss in LOSSES:
+        finals = []
+        for seed in range(seeds):
+            if run:
+                finals.append(retrain(loss, metric, seed, work))
+                continue
+            folder = work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}")
+            done = finished_run(folder / f"seed{seed}", "final.json")
+            if done:
+                finals.append(json.loads((done / "final.json").read_text()))
+        results[loss] = finals
+    return results
+
+
+def table(metric: str, results: dict[str, list[dict]]) -> str:
+    header = [f"{m}*" if m == metric else m for m in METRICS]
+    lines = [
+        f"### target {metric}",
+        "",
+        "| loss | seeds | " + " | ".join(header) + " |",
+        "|---|---:|" + "---:|" * len(METRICS),
+    ]
+    stats = {}
+    for loss, finals in results.items():
+        if not finals:
+            continue
+        cells = []
+        for m in METRICS:
+            values = [100 * float(f[m]) for f in finals]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            stats[(loss, m)] = (statistics.fmean(values), std)
+            cells.append(f"{stats[(loss, m)][0]:.2f} +- {std:.2f}")
+        lines.append(f"| {loss} | {len(finals)} | " + " | ".join(cells) + " |")
+    if ("searched", metric) in stats and ("ce", metric) in stats:
+        (ours, our_std), (ce, ce_std) = stats[("searched", metric)], stats[("ce", metric)]
+        gain, spread = ours - ce, max(our_std, ce_std)
+        verdict = "beats CE by more than the seed spread" if gain > spread else "does not"
+        lines += ["", f"searched - CE on {metric}: {gain:+.2f} (spread {spread:.2f}): {verdict}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--work", default=str(REPO / "results" / "quality"))
+    parser.add_argument("--table-only", action="store_true", help="print what has finished")
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for metric in args.metrics:
+        results = collect(metric, args.seeds, work, run=not args.table_only)
+        tables.append(table(metric, results))
+        (work / "quality.md").write_text("\n\n".join(tables) + "\n")  # partial results too
+    print("\n\n".join(tables))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
