@@ -16,13 +16,13 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from search.controllers import CONTROLLERS
 from search.ppo import PPOConfig
 from segnets.engine import FitConfig
 from surrogates.checks import unknown_name
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "experiments"
-CONTROLLERS = ("ppo",)
 # free-form argument mappings, whose keys the dataset or model constructor checks
 OPEN_MAPPINGS = ("data.params", "proxy.model_args")
 
@@ -62,7 +62,8 @@ class ProxyConfig:
 @dataclass
 class SearchConfig:
     metric: str = "miou"
-    controller: str = "ppo"
+    controller: str = "ppo"  # ppo | random | cmaes | tpe (search/controllers.py)
+    random_uniform: bool = False  # random: uniform on [0,1]^D instead of the initial policy
     seed: int = 0  # controller sampling and the proxy training seed shared by all samples
     reward_split: str = "holdout"  # holdout (a held-out part of train) or val (the reference)
     tolerance: int = 5  # boundary tolerance in pixels (surrogate and reward)

@@ -21,7 +21,7 @@ import yaml
 from ray.tune.search import Searcher
 
 from search.config import Config
-from search.ppo import PPOController
+from search.controllers import build_controller
 from surrogates import METRICS, identity_raw, raw_to_control
 from surrogates.curves import DEFAULT_PIECES, METRIC_CURVES
 
@@ -63,7 +63,13 @@ class StepSearcher(Searcher):
         self.cfg = cfg
         self.run_dir = str(Path(run_dir).resolve())
         self.dims = len(initial_raw(cfg.search.metric))
-        self.controller = PPOController(initial_raw(cfg.search.metric), cfg.ppo, cfg.search.seed)
+        self.controller = build_controller(
+            cfg.search.controller,
+            initial_raw(cfg.search.metric),
+            cfg.ppo,
+            cfg.search.seed,
+            uniform=cfg.search.random_uniform,
+        )
         self.faults = parse_faults(cfg.search.faults)
         self.step = 0  # the step being run (1-based); 0 before the first
         self.phase = "search"  # search -> confirm -> done

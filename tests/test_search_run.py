@@ -144,6 +144,16 @@ def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
     assert len(nodes) == 2, nodes
 
 
+@pytest.mark.parametrize("controller", ["random", "cmaes", "tpe"])
+def test_other_controllers_run_end_to_end(controller, finished, tmp_path):
+    args = ["miou", *TINY[:-1], f"search.controller={controller}", "ray.dashboard=false"]
+    done = search(args, tmp_path, finished[2] / "data")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = the_run(tmp_path)
+    assert len(read_csv(run_dir / "trials.csv")) == TOTAL_TRIALS
+    assert SurrogateLoss.from_file(run_dir / "miou_bezier.yaml", num_classes=7).metric == "miou"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -152,6 +162,7 @@ def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
         (["miou", "two"], "NUM_GPUS must be a positive integer, got 'two'"),
         (["miou", "ppo.stepz=3"], "unknown config key 'ppo.stepz'.*did you mean 'ppo.steps'"),
         (["miou", "ppo.steps=x"], "bad value for ppo.steps: 'x'"),
+        (["miou", "search.controller=cma"], "unknown controller 'cma'.*did you mean 'cmaes'"),
         (["miou", "data=voc"], "VOC"),
         (["miou", "proxy.model_args.widht=8"], "widht"),
         (["--resume", "/tmp"], "is not a search run folder"),

@@ -9,6 +9,8 @@ import pytest
 
 from search import config as configs
 from search.config import ConfigError
+from search.controllers import CONTROLLERS, RandomController
+from search.ppo import PPOConfig
 from search.searcher import StepSearcher, initial_raw
 from surrogates import SurrogateLoss
 
@@ -133,8 +135,9 @@ def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
     assert not (tmp_path / "policy.csv").exists()
 
 
-def test_save_and_restore_mid_step_continue_identically(tmp_path):
-    cfg = tiny_config(tmp_path)
+@pytest.mark.parametrize("controller", CONTROLLERS)
+def test_save_and_restore_mid_step_continue_identically(tmp_path, controller):
+    cfg = tiny_config(tmp_path, **{"search.controller": controller})
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     reference = drive(StepSearcher(cfg, tmp_path / "a"))
 
@@ -153,3 +156,33 @@ def test_save_and_restore_mid_step_continue_identically(tmp_path):
     policy = read_csv(tmp_path / "b" / "policy.csv")
     assert policy == read_csv(tmp_path / "a" / "policy.csv")
     assert not math.isnan(float(policy[-1]["mu_0"]))
+
+
+@pytest.mark.parametrize("controller", ["random", "cmaes", "tpe"])
+def test_other_controllers_search_confirm_and_export(tmp_path, controller):
+    cfg = tiny_config(tmp_path, **{"search.controller": controller})
+    suggested = drive(StepSearcher(cfg, tmp_path))
+    search = [c for c in suggested if c["phase"] == "search"]
+    assert len(search) == 2 * 4 and search[0]["raw"] == pytest.approx(initial_raw("miou"))
+    assert all(0 <= v <= 1 for c in search for v in c["raw"])
+    assert len({tuple(c["raw"]) for c in search}) >= 7  # they explore; only the identity repeats
+    # the controller's choice (best sample so far) is confirmed along with the top-k
+    best_search = max(search, key=lambda c: toy_result(c["raw"])["miou"])
+    confirmed = [c["raw"] for c in suggested if c["phase"] == "confirm"]
+    assert best_search["raw"] in confirmed
+    loss = SurrogateLoss.from_file(tmp_path / "miou_bezier.yaml", num_classes=7)
+    assert loss.metric == "miou" and len(read_csv(tmp_path / "policy.csv")) == 2
+
+
+def test_random_controller_samples_the_initial_policy_or_uniformly():
+    from scipy import stats
+
+    init = initial_raw("macc")
+    cfg = PPOConfig(samples=2000)
+    for uniform in (False, True):
+        samples = RandomController(init, cfg, seed=0, uniform=uniform).propose()
+        assert samples[0] == init  # the identity first, as in every controller's steps
+        first = [sample[0] for sample in samples[1:]]
+        mu = init[0]
+        law = stats.uniform() if uniform else stats.truncnorm(-mu / 0.2, (1 - mu) / 0.2, mu, 0.2)
+        assert stats.kstest(first, law.cdf).pvalue > 1e-3
