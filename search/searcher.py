@@ -1,4 +1,5 @@
-"""The Ray Tune `Searcher` that runs a step controller (PPO) as a search, and the run-folder files.
+"""The Ray Tune `Searcher` that runs a step controller (ppo, random, cmaes, tpe) as a search, and
+the run-folder files.
 
 Phases: `steps` search steps (the controller proposes a step's samples, they are handed out as
 trials, the policy updates when the last result of the step is in), then the confirmation round
@@ -72,7 +73,7 @@ class StepSearcher(Searcher):
         )
         self.faults = parse_faults(cfg.search.faults)
         self.step = 0  # the step being run (1-based); 0 before the first
-        self.phase = "search"  # search -> confirm -> done
+        self.phase = "search"  # search -> confirm -> done (or failed)
         self.queue: list[dict] = []  # jobs of the open step or round not handed out yet
         self.open_jobs = 0  # jobs of the open step or round without a result
         self.running: dict[str, dict] = {}  # trial_id -> job
