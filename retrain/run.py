@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -63,12 +62,7 @@ def plan(args: argparse.Namespace) -> tuple[RetrainConfig, Path | None]:
     if not words:
         raise ConfigError("missing FILE (a searched-loss yaml or a name in experiments/retrain/)")
     path = find_file(words.pop(0))
-    processes = None
-    if words and "=" not in words[0]:
-        text = words.pop(0)
-        if not text.isdigit() or int(text) < 1:
-            raise ConfigError(f"NUM_GPUS must be a positive integer, got '{text}'")
-        processes = int(text)
+    processes = configs.take_num_gpus(words)
     visible = torch.cuda.device_count()
     if processes and visible and processes > visible:
         raise ConfigError(f"NUM_GPUS={processes} but only {visible} GPU(s) are visible")
@@ -93,12 +87,7 @@ def check_builds(cfg: RetrainConfig) -> None:
 
 
 def new_run_dir(cfg: RetrainConfig, results: Path) -> Path:
-    base = results / f"{cfg.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir, n = base, 1
-    while run_dir.exists():  # never overwrite a run folder
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    run_dir.mkdir(parents=True)
+    run_dir = configs.new_run_folder(results, f"{cfg.name}-{cfg.data.name}")
     (run_dir / "checkpoints").mkdir()
     (run_dir / "config.yaml").write_text(configs.to_yaml(cfg))
     return run_dir

@@ -8,6 +8,7 @@ image size, boundary tolerance in pixels, the proxy network and the budget. An u
 a wrong type is a one-line `ConfigError` naming it.
 """
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,27 @@ def parse_overrides(words: list[str]) -> dict[str, str]:
             raise ConfigError(f"expected key=value, got '{word}'")
         overrides[key] = value
     return overrides
+
+
+def take_num_gpus(words: list[str]) -> int | None:
+    """Pop the optional NUM_GPUS word that follows METRIC or FILE (None when absent)."""
+    if not words or "=" in words[0]:
+        return None
+    text = words.pop(0)
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"NUM_GPUS must be a positive integer, got '{text}'")
+    return int(text)
+
+
+def new_run_folder(results: Path, name: str) -> Path:
+    """results/<name>-<timestamp>, with a -2, -3 ... suffix: a run folder is never overwritten."""
+    base = results / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
 
 
 def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None) -> Config:

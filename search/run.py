@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -68,12 +67,7 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
     metric = words.pop(0)
     if metric not in METRICS:
         raise ConfigError(str(unknown_name("metric", metric, METRICS)))
-    num_gpus = None
-    if words and "=" not in words[0]:
-        text = words.pop(0)
-        if not text.isdigit() or int(text) < 1:
-            raise ConfigError(f"NUM_GPUS must be a positive integer, got '{text}'")
-        num_gpus = int(text)
+    num_gpus = configs.take_num_gpus(words)
     cfg = configs.resolve(metric, configs.parse_overrides(words))
     cfg.ray.address = args.address or cfg.ray.address
     return cfg, _gpus(num_gpus, cfg), None
@@ -97,17 +91,6 @@ def check_runs(cfg: Config) -> None:
         build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
     except (ValueError, FileNotFoundError, TypeError) as error:
         raise ConfigError(str(error).splitlines()[0]) from None
-
-
-def new_run_dir(cfg: Config, results: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = results / f"{cfg.search.metric}-{cfg.data.name}-{stamp}"
-    run_dir, n = base, 1
-    while run_dir.exists():  # never overwrite a run folder
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def start_ray(cfg: Config, num_gpus: int) -> None:
@@ -210,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         slots = os.cpu_count()
         if not cfg.ray.address:
             print(f"[search] no GPU: trials run on CPU, one core each, {slots} at a time")
-    run_dir = resume_dir or new_run_dir(cfg, Path(args.results))
+    name = f"{cfg.search.metric}-{cfg.data.name}"
+    run_dir = resume_dir or configs.new_run_folder(Path(args.results), name)
     if not resume_dir:
         (run_dir / "config.yaml").write_text(configs.to_yaml(cfg))
     print(
