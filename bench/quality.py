@@ -10,7 +10,8 @@ It takes hours on two cores (about 40 min per metric plus 10 min of CE). Every r
 fixed folder under --work; a rerun skips finished runs and resumes interrupted ones, so the
 benchmark can be stopped and restarted at will; the table covers whatever has finished.
 
-Run: ./launch.sh bench quality [--metrics miou macc ...] [--seeds 3] [--work DIR] [--table-only]
+Run: ./launch.sh bench quality [--metrics miou macc ...] [--losses ce searched] [--seeds 3]
+                               [--work DIR] [--table-only]
 """
 
 import argparse
@@ -78,13 +79,13 @@ def retrain(loss: str, metric: str, seed: int, work: Path) -> dict:
     return json.loads((done / "final.json").read_text())
 
 
-def collect(metric: str, seeds: int, work: Path, run: bool) -> dict[str, list[dict]]:
-    """loss -> the final.json of each finished seed (running what is missing when run=True)."""
+def collect(metric: str, seeds: int, work: Path, run: tuple[str, ...]) -> dict[str, list[dict]]:
+    """loss -> the final.json of each finished seed; runs what is missing for the losses in run."""
     results = {}
     for loss in LOSSES:
         finals = []
         for seed in range(seeds):
-            if run:
+            if loss in run:
                 finals.append(retrain(loss, metric, seed, work))
                 continue
             folder = work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}")
@@ -126,6 +127,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--losses", nargs="+", default=list(LOSSES), choices=LOSSES,
+        help="run only these (e.g. ce searched first); the table shows every finished run",
+    )  # fmt: skip
     parser.add_argument("--work", default=str(REPO / "results" / "quality"))
     parser.add_argument("--table-only", action="store_true", help="print what has finished")
     args = parser.parse_args()
@@ -133,7 +138,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     tables = []
     for metric in args.metrics:
-        results = collect(metric, args.seeds, work, run=not args.table_only)
+        results = collect(metric, args.seeds, work, () if args.table_only else tuple(args.losses))
         tables.append(table(metric, results))
         (work / "quality.md").write_text("\n\n".join(tables) + "\n")  # partial results too
     print("\n\n".join(tables))
