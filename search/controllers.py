@@ -55,7 +55,6 @@ class OptunaController:
 
     def __init__(self, sampler: str, init_raw: list[float], cfg: PPOConfig, seed: int):
         import optuna
-        from ray import tune
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,15 +63,17 @@ class OptunaController:
         else:
             optuna_sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.samples)
         self.dims, self.cfg, self.step = len(init_raw), cfg, 0
-        space = {f"raw_{d}": tune.uniform(0.0, 1.0) for d in range(self.dims)}
-        self.searcher = OptunaSearch(
-            space=OptunaSearch.convert_search_space(space),  # what Tune's param_space would give
+        self.searcher = OptunaSearch(  # its space comes later: the Tuner's param_space
             metric="reward",
             mode="max",
             sampler=optuna_sampler,
             points_to_evaluate=[{f"raw_{d}": v for d, v in enumerate(init_raw)}],
         )
         self.best: tuple[float, list[float]] = (-float("inf"), list(init_raw))
+
+    def set_space(self, space: dict) -> None:
+        """The Tuner's param_space, converted by OptunaSearch (a restored one keeps its own)."""
+        self.searcher.set_search_properties(None, None, space)
 
     @property
     def mean(self) -> list[float]:

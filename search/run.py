@@ -16,7 +16,7 @@ import torch
 import data  # noqa: F401  (first: the torchvision compatibility import)
 from search import config as configs
 from search.config import Config, ConfigError
-from search.searcher import StepSearcher, initial_raw
+from search.searcher import StepSearcher, initial_raw, raw_space
 from search.trial import build_datasets, build_loss, proxy_trial
 from segnets import build_segnet
 from surrogates import METRICS
@@ -137,6 +137,7 @@ def run(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> int:
         searcher = StepSearcher(cfg, run_dir)
         tuner = tune.Tuner(
             trainable,
+            param_space=raw_space(searcher.dims),  # given to the searcher by Tune
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 num_samples=-1,

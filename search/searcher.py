@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
+from ray import tune
 from ray.tune.search import Searcher
 
 from search.config import Config
@@ -52,6 +53,16 @@ def parse_faults(text: str) -> dict[tuple[int, int], str]:
     return faults
 
 
+def raw_space(dims: int) -> dict:
+    """The search space as the Tuner's param_space: D raw coordinates in [0, 1] (SPEC B4)."""
+    return {f"raw_{d}": tune.uniform(0.0, 1.0) for d in range(dims)}
+
+
+def trial_raw(config: dict) -> list[float]:
+    """The raw vector of a trial config (its raw_0 ... raw_{D-1} entries)."""
+    return [config[f"raw_{d}"] for d in range(sum(key.startswith("raw_") for key in config))]
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -80,18 +91,28 @@ class StepSearcher(Searcher):
         self.records: list[dict] = []  # one per finished trial
         self.policy_rows: list[dict] = []
         self.started = time.time()
-        self._open_step()
 
     # --- Tune's interface ---------------------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
+        """Tune hands over the Tuner's param_space (`raw_space`); the controllers that sample
+        through Ray Tune (cmaes, tpe) take their space from it. Accepted for every controller."""
+        if hasattr(self.controller, "set_space"):
+            self.controller.set_space(config)
+        return True
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.phase in ("done", "failed"):
             return Searcher.FINISHED
+        if self.step == 0:
+            self._open_step()  # not in __init__: the space arrives with set_search_properties
         if not self.queue:
             return None  # wait for the results of the open step
         job = self.queue.pop(0)
         self.running[trial_id] = job
-        return dict(job)
+        # the raw vector as the param_space's keys: Tune fills the trial config with them
+        config = {key: value for key, value in job.items() if key != "raw"}
+        return config | {f"raw_{d}": value for d, value in enumerate(job["raw"])}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         job = self.running.pop(trial_id, None)

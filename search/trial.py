@@ -17,6 +17,7 @@ import data  # noqa: F401  (first: the torchvision compatibility import)
 from data import build_dataset, eval_loader
 from data.transforms import eval_transforms, train_transforms
 from search.config import Config
+from search.searcher import trial_raw
 from segnets import build_segnet
 from segnets.engine import NonFiniteLossError, evaluate, fit, seed_everything
 from surrogates import METRICS, SurrogateLoss, raw_to_control
@@ -114,13 +115,14 @@ def _explodes(loss_fn, at_iteration: int):
 
 
 def proxy_trial(config: dict, cfg: Config) -> None:
-    """Ray Tune function trainable. `config` is what the searcher suggested: raw, seed, fault."""
+    """Ray Tune function trainable. `config` is what the searcher suggested: raw_0 ... raw_{D-1},
+    seed, fault (and which phase, step and sample the trial belongs to)."""
     import ray
     from ray import tune
 
     # Ray sets OMP_NUM_THREADS to the trial's CPUs: one core per trial on CPU
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    result = run_trial(cfg, config["raw"], config["seed"], config.get("fault", ""))
+    result = run_trial(cfg, trial_raw(config), config["seed"], config.get("fault", ""))
     result["node"] = ray.get_runtime_context().get_node_id()[:12]
     result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN if failed
     tune.report(result)

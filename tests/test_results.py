@@ -8,12 +8,12 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_searcher import drive, tiny_config, toy_result
+from test_searcher import drive, tiny_config, toy_result, tune_searcher
 
 from results import compare, load_retrain, load_search, plots
 from retrain import run as retrain_run
 from search.config import to_yaml
-from search.searcher import StepSearcher
+from search.searcher import trial_raw
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,11 +27,11 @@ def runs(tmp_path_factory):
     for path in (finished, partial):
         path.mkdir()
         (path / "config.yaml").write_text(to_yaml(tiny_config(root)))
-    drive(StepSearcher(tiny_config(root), finished))
-    searcher = StepSearcher(tiny_config(root), partial)
+    drive(tune_searcher(tiny_config(root), finished))
+    searcher = tune_searcher(tiny_config(root), partial)
     for i in range(6):  # step 1 and two trials of step 2
         config = searcher.suggest(f"t{i}")
-        searcher.on_trial_complete(f"t{i}", toy_result(config["raw"]))
+        searcher.on_trial_complete(f"t{i}", toy_result(trial_raw(config)))
 
     tiny = [
         "data.params={size: 32, train: 48, holdout: 12, val: 8, test: 4}",

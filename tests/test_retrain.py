@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_searcher import drive, tiny_config
+from test_searcher import drive, tiny_config, tune_searcher
 
 from retrain.config import find_file, resolve
 from retrain.train import make_loss
-from search.searcher import StepSearcher
 from surrogates import METRICS, PRESETS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +68,7 @@ def test_shapes_profile_and_ce_file(tmp_path):
 def test_retrain_a_search_export(tmp_path):
     search_dir = tmp_path / "search"
     search_dir.mkdir()
-    drive(StepSearcher(tiny_config(tmp_path), search_dir))  # the real export, toy rewards
+    drive(tune_searcher(tiny_config(tmp_path), search_dir))  # the real export, toy rewards
     exported = search_dir / "miou_bezier.yaml"
     done = retrain([str(exported)], tmp_path / "results", tmp_path / "data")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -91,20 +91,23 @@ def test_faulty_trials_are_recorded_and_the_search_goes_on(finished):
     assert sum(r["status"] == "ok" for r in rows.values()) == TOTAL_TRIALS - 2
 
 
-def test_resume_after_ctrl_c_ends_with_the_same_policy(finished, tmp_path):
-    _, reference, _ = finished
+@pytest.mark.parametrize("controller", ["ppo", "cmaes"])
+def test_resume_after_ctrl_c_ends_with_the_same_policy(controller, finished, tmp_path):
     data_root = finished[2] / "data"
-    child = search(
-        ["miou", *TINY, "ray.dashboard=false"],
-        tmp_path,
-        data_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    args = ["miou", *TINY, f"search.controller={controller}", "ray.dashboard=false"]
+    if controller == "ppo":
+        reference = finished[1]
+    else:  # an uninterrupted run of the same search
+        done = search(args, tmp_path / "reference", data_root)
+        assert done.returncode == 0, done.stdout + done.stderr
+        reference = the_run(tmp_path / "reference")
+    folder = tmp_path / "interrupted"
+    folder.mkdir()
+    child = search(args, folder, data_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     policy = None
     while time.time() < deadline and child.poll() is None:
-        runs = list(tmp_path.iterdir())
+        runs = list(folder.iterdir())
         policy = runs[0] / "policy.csv" if runs else None
         if policy and policy.is_file():
             break
@@ -113,10 +116,10 @@ def test_resume_after_ctrl_c_ends_with_the_same_policy(finished, tmp_path):
     child.send_signal(signal.SIGINT)  # Ctrl-C after the first policy update
     output, _ = child.communicate(timeout=300)
     assert child.returncode == 130, output
-    run_dir = the_run(tmp_path)
+    run_dir = the_run(folder)
     assert f"--resume {run_dir}" in output and not (run_dir / "summary.json").exists()
 
-    resumed = search(["--resume", str(run_dir)], tmp_path, data_root)
+    resumed = search(["--resume", str(run_dir)], folder, data_root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert read_csv(run_dir / "policy.csv") == read_csv(reference / "policy.csv")
     ours = json.loads((run_dir / "summary.json").read_text())

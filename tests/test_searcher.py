@@ -11,7 +11,7 @@ from search import config as configs
 from search.config import ConfigError
 from search.controllers import CONTROLLERS, RandomController
 from search.ppo import PPOConfig
-from search.searcher import StepSearcher, initial_raw
+from search.searcher import StepSearcher, initial_raw, raw_space, trial_raw
 from surrogates import SurrogateLoss
 
 TINY = {"ppo.steps": "2", "ppo.samples": "4", "search.confirm_top_k": "2", "search.seed": "5"}
@@ -24,6 +24,13 @@ def tiny_config(tmp_path, metric="miou", **overrides):
 def toy_result(raw, metric="miou"):
     """A reward that prefers larger first coordinates, like a metric in [0, 1]."""
     return {"status": "ok", "reason": "", metric: 0.2 + 0.5 * raw[0], "seconds": 0.1}
+
+
+def tune_searcher(cfg, run_dir):
+    """A StepSearcher given the Tuner's param_space, as Tune does before the first suggest."""
+    searcher = StepSearcher(cfg, run_dir)
+    assert searcher.set_search_properties(None, None, raw_space(searcher.dims))
+    return searcher
 
 
 def drive(searcher, results=toy_result, limit=100):
@@ -41,7 +48,7 @@ def drive(searcher, results=toy_result, limit=100):
             assert config == "FINISHED"
             return suggested
         trial_id, config = running.pop(0)
-        searcher.on_trial_complete(trial_id, results(config["raw"]))
+        searcher.on_trial_complete(trial_id, results(trial_raw(config)))
         assert len(suggested) < limit
 
 
@@ -73,12 +80,12 @@ def test_config_layers_and_errors(tmp_path):
 
 def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
     cfg = tiny_config(tmp_path)
-    searcher = StepSearcher(cfg, tmp_path)
+    searcher = tune_searcher(cfg, tmp_path)
     suggested = drive(searcher)
     search = [c for c in suggested if c["phase"] == "search"]
     confirm = [c for c in suggested if c["phase"] == "confirm"]
     assert len(search) == 2 * 4
-    assert search[0]["raw"] == pytest.approx(initial_raw("miou"))  # step 1's mean: the identity
+    assert trial_raw(search[0]) == pytest.approx(initial_raw("miou"))  # step 1's mean: the identity
     assert all(c["seed"] == 5 for c in search)  # one training seed for every sample
     # final mean + top-2 distinct samples + identity, two new seeds each
     names = sorted({c["candidate"] for c in confirm})
@@ -91,8 +98,8 @@ def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
     assert float(policy[1]["mu_0"]) > 0.25  # the toy reward prefers a larger first coordinate
     summary = json.loads((tmp_path / "summary.json").read_text())
     # noise-free toy: the best candidate is the one with the largest first coordinate
-    best = max(confirm, key=lambda c: toy_result(c["raw"])["miou"])
-    assert summary["raw"] == pytest.approx(best["raw"])
+    best = max(confirm, key=lambda c: toy_result(trial_raw(c))["miou"])
+    assert summary["raw"] == pytest.approx(trial_raw(best))
     assert summary["reward"] > summary["identity_reward"]
     loss = SurrogateLoss.from_file(tmp_path / "miou_bezier.yaml", num_classes=7)
     assert loss.theta == pytest.approx(summary["theta"], abs=1e-7)
@@ -100,7 +107,7 @@ def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
 
 
 def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
-    searcher = StepSearcher(tiny_config(tmp_path), tmp_path)
+    searcher = tune_searcher(tiny_config(tmp_path), tmp_path)
 
     def results(raw):
         if raw[0] == max(c["raw"][0] for c in searcher.running.values()):
@@ -109,7 +116,7 @@ def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
 
     jobs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
     assert searcher.suggest("t9") is None  # the step is handed out: wait for results
-    raws = {k: c["raw"] for k, c in jobs.items()}
+    raws = {k: trial_raw(c) for k, c in jobs.items()}
     failed = max(raws, key=lambda k: raws[k][0])
     for trial_id in jobs:
         searcher.on_trial_complete(trial_id, results(raws[trial_id]))
@@ -121,7 +128,7 @@ def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
 
 
 def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
-    searcher = StepSearcher(tiny_config(tmp_path), tmp_path)
+    searcher = tune_searcher(tiny_config(tmp_path), tmp_path)
     ids = [f"t{i}" for i in range(4)]
     for trial_id in ids:
         searcher.suggest(trial_id)
@@ -139,20 +146,20 @@ def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
 def test_save_and_restore_mid_step_continue_identically(tmp_path, controller):
     cfg = tiny_config(tmp_path, **{"search.controller": controller})
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    reference = drive(StepSearcher(cfg, tmp_path / "a"))
+    reference = drive(tune_searcher(cfg, tmp_path / "a"))
 
-    interrupted = StepSearcher(cfg, tmp_path / "b")
+    interrupted = tune_searcher(cfg, tmp_path / "b")
     for i in range(6):  # step 1 done, two of step 2 handed out, one finished
         config = interrupted.suggest(f"t{i}")
         if i < 5:
-            interrupted.on_trial_complete(f"t{i}", toy_result(config["raw"]))
+            interrupted.on_trial_complete(f"t{i}", toy_result(trial_raw(config)))
     interrupted.save(str(tmp_path / "state.pkl"))
-    resumed = StepSearcher(cfg, tmp_path / "b")
+    resumed = tune_searcher(cfg, tmp_path / "b")
     resumed.restore(str(tmp_path / "state.pkl"))
     assert list(resumed.running) == ["t5"]  # Tune re-runs it under its id
     resumed.on_trial_complete("t5", toy_result(resumed.running["t5"]["raw"]))
     rest = drive(resumed)
-    assert [c["raw"] for c in rest] == [c["raw"] for c in reference[6:]]
+    assert [trial_raw(c) for c in rest] == [trial_raw(c) for c in reference[6:]]
     policy = read_csv(tmp_path / "b" / "policy.csv")
     assert policy == read_csv(tmp_path / "a" / "policy.csv")
     assert not math.isnan(float(policy[-1]["mu_0"]))
@@ -161,17 +168,31 @@ def test_save_and_restore_mid_step_continue_identically(tmp_path, controller):
 @pytest.mark.parametrize("controller", ["random", "cmaes", "tpe"])
 def test_other_controllers_search_confirm_and_export(tmp_path, controller):
     cfg = tiny_config(tmp_path, **{"search.controller": controller})
-    suggested = drive(StepSearcher(cfg, tmp_path))
+    suggested = drive(tune_searcher(cfg, tmp_path))
     search = [c for c in suggested if c["phase"] == "search"]
-    assert len(search) == 2 * 4 and search[0]["raw"] == pytest.approx(initial_raw("miou"))
-    assert all(0 <= v <= 1 for c in search for v in c["raw"])
-    assert len({tuple(c["raw"]) for c in search}) >= 7  # they explore; only the identity repeats
+    assert len(search) == 2 * 4 and trial_raw(search[0]) == pytest.approx(initial_raw("miou"))
+    assert all(0 <= v <= 1 for c in search for v in trial_raw(c))
+    assert len({tuple(trial_raw(c)) for c in search}) >= 7  # only the identity repeats
     # the controller's choice (best sample so far) is confirmed along with the top-k
-    best_search = max(search, key=lambda c: toy_result(c["raw"])["miou"])
-    confirmed = [c["raw"] for c in suggested if c["phase"] == "confirm"]
-    assert best_search["raw"] in confirmed
+    best_search = max(search, key=lambda c: toy_result(trial_raw(c))["miou"])
+    confirmed = [trial_raw(c) for c in suggested if c["phase"] == "confirm"]
+    assert trial_raw(best_search) in confirmed
     loss = SurrogateLoss.from_file(tmp_path / "miou_bezier.yaml", num_classes=7)
     assert loss.metric == "miou" and len(read_csv(tmp_path / "policy.csv")) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter")  # the identity lies outside [0, 0.25]
+@pytest.mark.parametrize("controller", ["cmaes", "tpe"])
+def test_optuna_controllers_sample_the_space_tune_hands_over(tmp_path, controller):
+    from ray import tune
+
+    searcher = StepSearcher(tiny_config(tmp_path, **{"search.controller": controller}), tmp_path)
+    narrow = {key: tune.uniform(0.0, 0.25) for key in raw_space(searcher.dims)}
+    assert searcher.set_search_properties(None, None, narrow)
+    configs_ = [searcher.suggest(f"t{i}") for i in range(4)]
+    assert "raw" not in configs_[0] and set(narrow) <= set(configs_[0])  # Tune fills these keys
+    assert trial_raw(configs_[0]) == pytest.approx(initial_raw("miou"))  # the identity first
+    assert all(0 <= v <= 0.25 for c in configs_[1:] for v in trial_raw(c))
 
 
 def test_random_controller_samples_the_initial_policy_or_uniformly():
