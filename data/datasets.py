@@ -1,6 +1,10 @@
 """Datasets by name: `build_dataset(name, root, split, transform)` for shapes, voc, cityscapes,
 and `resolve_dataset("auto", root)`: VOC if present under root, else Cityscapes, else the built-in
-shapes (DESIGN.md). The readers are imported by their builder, only when used."""
+shapes (DESIGN.md). The readers are imported by their builder, only when used.
+
+Every dataset has a `holdout` split for the search's reward (SPEC B4): shapes draws it from its own
+random stream; voc and cityscapes hold out every HOLDOUT_EVERY-th image of their train list, and
+`without_holdout=True` gives the train split without those images (what the proxy trains on)."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +16,7 @@ from surrogates.checks import unknown_name
 DEFAULT_ROOT = Path(__file__).resolve().parent  # dataset files live in data/ (git-ignored)
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}  # name -> builder(root, split, transform, **kw)
+HOLDOUT_EVERY = 10  # voc, cityscapes: images 0, 10, 20, ... of the sorted train list
 
 
 def register_dataset(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
@@ -34,24 +39,53 @@ def build_dataset(
 
 
 @register_dataset
-def shapes(root: Path, split: str, transform: Callable | None = None, **params) -> Dataset:
+def shapes(
+    root: Path,
+    split: str,
+    transform: Callable | None = None,
+    without_holdout: bool = False,
+    **params,
+) -> Dataset:
     from data.shapes import Shapes
 
-    return Shapes(root, split, transform, **params)
+    return Shapes(root, split, transform, **params)  # its train never holds holdout images
 
 
 @register_dataset
-def voc(root: Path, split: str, transform: Callable | None = None, aug: bool | None = None):
+def voc(
+    root: Path, split: str, transform=None, aug: bool | None = None, without_holdout: bool = False
+) -> Dataset:
     from data.voc import VOCSegmentation
 
-    return VOCSegmentation(root, split, transform, aug=aug)
+    if split == "holdout":
+        return _hold_out(VOCSegmentation(root, "train", transform, aug=aug), "holdout")
+    dataset = VOCSegmentation(root, split, transform, aug=aug)
+    return _hold_out(dataset, "rest") if without_holdout and split == "train" else dataset
 
 
 @register_dataset
-def cityscapes(root: Path, split: str, transform: Callable | None = None) -> Dataset:
+def cityscapes(root: Path, split: str, transform=None, without_holdout: bool = False) -> Dataset:
     from data.cityscapes import Cityscapes
 
-    return Cityscapes(root / "cityscapes", split, transform)
+    if split == "holdout":
+        return _hold_out(Cityscapes(root / "cityscapes", "train", transform), "holdout")
+    dataset = Cityscapes(root / "cityscapes", split, transform)
+    return _hold_out(dataset, "rest") if without_holdout and split == "train" else dataset
+
+
+def _hold_out(dataset: Dataset, part: str) -> Dataset:
+    """Keep the held-out images of a train split (part="holdout") or the others ("rest")."""
+    held_out = part == "holdout"
+    keep = [i for i in range(len(dataset.images)) if (i % HOLDOUT_EVERY == 0) == held_out]
+    if not keep:
+        raise ValueError(
+            f"the train split has {len(dataset.images)} image(s): too few to hold out every "
+            f"{HOLDOUT_EVERY}th for the search's reward (use search.reward_split=val)"
+        )
+    for name in ("ids", "images", "labels"):  # the lists the readers index
+        if hasattr(dataset, name):
+            setattr(dataset, name, [getattr(dataset, name)[i] for i in keep])
+    return dataset
 
 
 def resolve_dataset(name: str, root: str | Path) -> str:

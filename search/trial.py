@@ -50,6 +50,7 @@ def build_datasets(cfg: Config):
             flip=proxy.flip,
             photometric=proxy.photometric,
         ),
+        without_holdout=cfg.search.reward_split == "holdout",
         **cfg.data.params,
     )
     reward_set = build_dataset(

@@ -390,3 +390,33 @@ def test_cityscapes_corrupt_image_is_named(city):
         Cityscapes(city[0], "val")[0]
     assert str(image_path) in str(error.value)
     assert isinstance(error.value.__cause__, OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search's holdout split (every 10th train image) and the train split without it
+
+
+def test_voc_and_cityscapes_hold_out_every_tenth_train_image(tmp_path):
+    from data import build_dataset
+
+    train_ids = [f"2007_{n:06d}" for n in range(12)]
+    fx.make_voc(tmp_path, {"train": train_ids, "val": VAL})
+    fx.make_cityscapes(tmp_path / "cityscapes", {"train": {"aachen": 7, "bochum": 5}})
+    for name in ("voc", "cityscapes"):
+        train = build_dataset(name, tmp_path, "train")
+        holdout = build_dataset(name, tmp_path, "holdout")
+        rest = build_dataset(name, tmp_path, "train", without_holdout=True)
+        assert holdout.images == [train.images[0], train.images[10]], name
+        assert sorted(holdout.images + rest.images) == sorted(train.images) and len(rest) == 10
+        assert [p.name[:6] for p in holdout.labels] == [p.name[:6] for p in holdout.images]
+        assert len(holdout) == 2 and holdout[1][1].shape == train[10][1].shape
+    assert build_dataset("voc", tmp_path, "holdout").ids == [train_ids[0], train_ids[10]]
+    assert len(build_dataset("voc", tmp_path, "val", without_holdout=True)) == 1  # train only
+
+
+def test_a_train_split_too_small_to_hold_out_from_is_named(tmp_path):
+    from data import build_dataset
+
+    fx.make_voc(tmp_path, {"train": TRAIN[:1]})
+    with pytest.raises(ValueError, match="has 1 image.*use search.reward_split=val"):
+        build_dataset("voc", tmp_path, "train", without_holdout=True)  # its one image is held out

@@ -57,6 +57,21 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def test_default_search_on_voc_rewards_on_train_images_the_proxy_never_sees(tmp_path):
+    import fixtures_datasets as fx
+
+    from search.run import check_runs
+    from search.trial import build_datasets
+
+    fx.make_voc(tmp_path, {"train": [f"2007_{n:06d}" for n in range(12)], "val": ["2008_000001"]})
+    cfg = configs.resolve("miou", {"data": "voc"}, data_root=str(tmp_path))
+    assert cfg.search.reward_split == "holdout"  # SPEC B4's default, also on VOC
+    check_runs(cfg)  # what `./launch.sh search miou` checks first: no error
+    train_set, reward_set = build_datasets(cfg)
+    assert len(train_set) == 10 and reward_set.ids == ["2007_000000", "2007_000010"]
+    assert not set(train_set.ids) & set(reward_set.ids)
+
+
 def test_config_layers_and_errors(tmp_path):
     cfg = tiny_config(tmp_path, metric="bf1")
     assert cfg.data.name == "shapes" and cfg.proxy.model == "lite"  # the shapes profile
