@@ -9,14 +9,16 @@ usage() {
 usage: ./launch.sh COMMAND [ARGS...]
 
 commands:
-  search METRIC [NUM_GPUS] [key=value ...]   search a surrogate loss for METRIC
-  search --resume RUN_DIR                    continue an interrupted search
+  search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
+                                             search a surrogate loss for METRIC
+  search --resume RUN_DIR [--address ADDR]   continue an interrupted search
   retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
                                              retrain a full-size model with a searched loss
   retrain --resume RUN_DIR                   continue an interrupted retrain
   report RUN_DIR [RUN_DIR ...]               plots and a Markdown summary of runs
   test [PYTEST_ARGS...]   run the test suite (what CI runs)
-  bench NAME              run bench/NAME.py (losses, metrics)
+  bench NAME [ARGS...]    run bench/NAME.py (losses, metrics, train_step, search_overhead,
+                          quality, controllers)
   setup                   create or update .venv and exit
 USAGE
 }

@@ -25,7 +25,7 @@ from segnets import build_segnet
 from surrogates import METRICS
 
 RESULTS = configs.REPO / "results" / "retrain"
-USAGE = """usage: ./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
+USAGE = """./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
        ./launch.sh retrain --resume RUN_DIR
 
 FILE: a searched-loss file (what a search exports), or a name in experiments/retrain/
@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("words", nargs="*")
     parser.add_argument("--resume", metavar="RUN_DIR")
     parser.add_argument("--baseline", choices=["ce"])
-    parser.add_argument("--results", default=str(RESULTS), help=argparse.SUPPRESS)
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the run folders")
     parser.error = lambda message: _fail(message)
     return parser.parse_intermixed_args(argv)
 
@@ -57,6 +57,8 @@ def plan(args: argparse.Namespace) -> tuple[RetrainConfig, Path | None]:
             )
         if args.words:
             raise ConfigError("--resume takes no FILE or overrides; the run's config is used")
+        if (run_dir / "final.json").is_file():
+            raise ConfigError(f"{run_dir} has finished (final.json): nothing to resume")
         return configs.load(run_dir / "config.yaml", RetrainConfig, OPEN_KEYS), run_dir
     words = list(args.words)
     if not words:

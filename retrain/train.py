@@ -32,6 +32,11 @@ from surrogates import build_loss
 def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
     kwargs = dict(cfg.loss)
     name = kwargs.pop("name", "surrogate")
+    declared = kwargs.pop("num_classes", num_classes)  # a searched-loss file may state it
+    if declared != num_classes:
+        raise ValueError(
+            f"loss.num_classes={declared} but {cfg.data.name} has {num_classes} classes"
+        )
     if name == "surrogate":
         kwargs.setdefault("tolerance", cfg.retrain.tolerance)
     return build_loss(name, num_classes=num_classes, **kwargs)

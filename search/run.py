@@ -25,7 +25,7 @@ from surrogates.checks import unknown_name
 # Tune's own tables would interleave with our progress lines; verbose=0 silences the old reporter
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RESULTS = configs.REPO / "results" / "search"
-USAGE = """usage: ./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
+USAGE = """./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
        ./launch.sh search --resume RUN_DIR [--address ADDR]
 
 METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: all visible; without a
@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("words", nargs="*")
     parser.add_argument("--resume", metavar="RUN_DIR")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""))
-    parser.add_argument("--results", default=str(RESULTS), help=argparse.SUPPRESS)
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the run folders")
     parser.error = lambda message: _fail(message)  # one line, exit 2
     return parser.parse_intermixed_args(argv)
 

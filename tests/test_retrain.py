@@ -63,6 +63,8 @@ def test_shapes_profile_and_ce_file(tmp_path):
     cfg = resolve(find_file("ce"), {}, str(tmp_path))  # data=auto: no VOC here -> shapes
     assert cfg.data.name == "shapes" and cfg.loss == {"name": "ce"}
     assert cfg.retrain.model == "lite" and cfg.retrain.tolerance == 2
+    stated = resolve(find_file("miou_bezier"), {"loss.num_classes": "7"}, str(tmp_path))
+    assert make_loss(stated, 7).num_classes == 7  # a file may state the class count
 
 
 def test_retrain_a_search_export(tmp_path):
@@ -126,6 +128,8 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
     ours, theirs = read_csv(run_dir / "metrics.csv"), read_csv(ref_dir / "metrics.csv")
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in ours]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in theirs]
+    again = retrain(["--resume", str(run_dir)], tmp_path / "b", tmp_path / "data")
+    assert again.returncode == 2 and "has finished (final.json)" in again.stderr
 
 
 @pytest.mark.parametrize(
@@ -138,6 +142,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
         (["miou_bezier.yaml", "0"], "NUM_GPUS must be a positive integer"),
         (["--resume", "/tmp"], "is not a retrain run folder"),
         (["miou_bezier.yaml", "retrain.prediction=argmax"], "unknown retrain.prediction"),
+        (["miou_bezier.yaml", "loss.num_classes=21"], "num_classes=21 but shapes has 7 classes"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
