@@ -68,12 +68,16 @@ class SearchConfig:
     seed: int = 0  # controller sampling and the proxy training seed shared by all samples
     reward_split: str = "holdout"  # holdout (a held-out part of train) or val (the reference)
     tolerance: int = 5  # boundary tolerance in pixels (surrogate and reward)
-    drop_background: bool | None = None  # None = the metric's default (biou True, bf1 False)
+    drop_background: bool | None = None  # the loss's; None = the metric's (biou True, bf1 False)
+    # the reward's biou / bf1 leave background out, as the dataset's evaluation does (VOC: True;
+    # the reference's search evaluator hard-codes True, SPEC A§1.5)
+    reward_drop_background: bool = True
     region_weight: float = 0.0  # boundary metrics: + w * (1 - soft mIoU), SPEC B2
     failure_reward: float | None = None  # None = the worst reward of the failed trial's step
     confirm_top_k: int = 3  # confirmation round: the final mean + the k best samples ...
     confirm_seeds: int = 2  # ... each trained with this many new seeds
     models_per_gpu: int = 4  # proxy trials sharing one GPU
+    cpu_slots: int = 0  # without GPUs: trials at once (0 = one per core; NUM_GPUS sets it)
     faults: str = ""  # tests only: "STEP:SAMPLE=raise|nan,..." makes those trials fail
 
 
@@ -223,6 +227,8 @@ def check(config: Config) -> None:
         raise ConfigError(
             "search.models_per_gpu and search.confirm_seeds must be >= 1, confirm_top_k >= 0"
         )
+    if search.cpu_slots < 0:
+        raise ConfigError(f"search.cpu_slots must be >= 0, got {search.cpu_slots}")
     if config.ppo.samples < 2 or config.ppo.steps < 1:
         raise ConfigError(
             f"ppo.samples must be >= 2 and ppo.steps >= 1, got {config.ppo.samples}, "

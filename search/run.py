@@ -70,6 +70,8 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
     num_gpus = configs.take_num_gpus(words)
     cfg = configs.resolve(metric, configs.parse_overrides(words))
     cfg.ray.address = args.address or cfg.ray.address
+    if num_gpus and not torch.cuda.device_count() and not cfg.ray.address:
+        cfg.search.cpu_slots, num_gpus = num_gpus, 0  # no GPU here: NUM_GPUS counts CPU slots
     return cfg, _gpus(num_gpus, cfg), None
 
 
@@ -101,7 +103,7 @@ def start_ray(cfg: Config, num_gpus: int) -> None:
         print(f"[search] joined the Ray cluster at {cfg.ray.address}: {ray.cluster_resources()}")
         return
     context = ray.init(
-        num_cpus=os.cpu_count(),
+        num_cpus=cfg.search.cpu_slots or os.cpu_count(),  # one trial per CPU
         num_gpus=num_gpus,
         include_dashboard=cfg.ray.dashboard,
         dashboard_host="127.0.0.1",
@@ -191,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         slots = num_gpus * cfg.search.models_per_gpu
         print(f"[search] {num_gpus} GPU(s), {cfg.search.models_per_gpu} proxy models per GPU")
     else:
-        slots = os.cpu_count()
+        slots = cfg.search.cpu_slots or os.cpu_count()
         if not cfg.ray.address:
-            print(f"[search] no GPU: trials run on CPU, one core each, {slots} at a time")
+            print(f"[search] no GPU: trials run on CPU, one thread each, {slots} at a time")
     name = f"{cfg.search.metric}-{cfg.data.name}"
     run_dir = resume_dir or configs.new_run_folder(Path(args.results), name)
     if not resume_dir:

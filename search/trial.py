@@ -86,7 +86,7 @@ def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict
             num_classes,
             device,
             tolerance=cfg.search.tolerance,
-            drop_background=loss_fn.drop_background,
+            drop_background=cfg.search.reward_drop_background,
         )
         result = {k: metrics[k] for k in (*METRICS, "mdice", "miou_image", "bf1_image")}
         result.update(status="ok", reason="")

@@ -65,7 +65,7 @@ def test_search_leaves_a_complete_run_folder(finished):
     for name in ("config.yaml", "trials.csv", "policy.csv", "miou_bezier.yaml", "summary.json"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "tune").is_dir()
-    assert "no GPU: trials run on CPU, one core each" in done.stdout
+    assert f"no GPU: trials run on CPU, one thread each, {os.cpu_count()} at a time" in done.stdout
     assert "Ray dashboard: http://127.0.0.1:8265" in done.stdout
     assert "retrain: ./launch.sh retrain" in done.stdout and "vs identity curve" in done.stdout
 
@@ -149,9 +149,12 @@ def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
 
 @pytest.mark.parametrize("controller", ["random", "cmaes", "tpe"])
 def test_other_controllers_run_end_to_end(controller, finished, tmp_path):
-    args = ["miou", *TINY[:-1], f"search.controller={controller}", "ray.dashboard=false"]
+    # NUM_GPUS=3 on a machine without GPUs: 3 trials at once
+    args = ["miou", "3", *TINY[:-1], f"search.controller={controller}", "ray.dashboard=false"]
     done = search(args, tmp_path, finished[2] / "data")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "trials run on CPU, one thread each, 3 at a time" in done.stdout
+    assert "cpu_slots: 3" in (the_run(tmp_path) / "config.yaml").read_text()  # kept for --resume
     run_dir = the_run(tmp_path)
     assert len(read_csv(run_dir / "trials.csv")) == TOTAL_TRIALS
     assert SurrogateLoss.from_file(run_dir / "miou_bezier.yaml", num_classes=7).metric == "miou"

@@ -72,6 +72,25 @@ def test_default_search_on_voc_rewards_on_train_images_the_proxy_never_sees(tmp_
     assert not set(train_set.ids) & set(reward_set.ids)
 
 
+def test_the_reward_drops_background_as_the_dataset_evaluation_does(tmp_path):
+    from search.trial import run_trial
+
+    assert configs.resolve("bf1", {"data": "voc"}, str(tmp_path)).search.reward_drop_background
+    assert not tiny_config(tmp_path, "bf1").search.reward_drop_background  # shapes
+    tiny = {
+        "proxy.fit.iterations": "8", "proxy.fit.batch_size": "4", "proxy.crop_size": "24",
+        "data.params": "{size: 32, train: 24, holdout: 12, val: 4, test: 4}",
+    }  # fmt: skip
+    results = {}
+    for drop in (False, True):
+        cfg = tiny_config(tmp_path, "bf1", **tiny, **{"search.reward_drop_background": str(drop)})
+        results[drop] = run_trial(cfg, initial_raw("bf1"), seed=0)
+        assert results[drop]["status"] == "ok", results[drop]["reason"]
+    assert results[False]["miou"] == results[True]["miou"]  # the same model ...
+    assert results[False]["bf1"] != results[True]["bf1"]  # ... scored with or without class 0
+    assert results[False]["biou"] != results[True]["biou"]
+
+
 def test_config_layers_and_errors(tmp_path):
     cfg = tiny_config(tmp_path, metric="bf1")
     assert cfg.data.name == "shapes" and cfg.proxy.model == "lite"  # the shapes profile
