@@ -21,6 +21,7 @@ from retrain.config import OPEN_KEYS, RetrainConfig, find_file, resolve
 from retrain.train import make_datasets, make_loss, train
 from search import config as configs
 from search.config import ConfigError
+from search.searcher import write_atomic
 from segnets import build_segnet
 from surrogates import METRICS
 
@@ -91,7 +92,7 @@ def check_builds(cfg: RetrainConfig) -> None:
 def new_run_dir(cfg: RetrainConfig, results: Path) -> Path:
     run_dir = configs.new_run_folder(results, f"{cfg.name}-{cfg.data.name}")
     (run_dir / "checkpoints").mkdir()
-    (run_dir / "config.yaml").write_text(configs.to_yaml(cfg))
+    write_atomic(run_dir / "config.yaml", configs.to_yaml(cfg))
     return run_dir
 
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[retrain] baseline: reusing {baseline_dir}")
         base = json.loads((baseline_dir / "final.json").read_text())
         table = comparison(cfg.loss.get("metric"), {"ce": base, cfg.name: final})
-        (run_dir / "comparison.md").write_text(table)
+        write_atomic(run_dir / "comparison.md", table)
         print(table)
     return 0
 

@@ -16,7 +16,7 @@ import torch
 import data  # noqa: F401  (first: the torchvision compatibility import)
 from search import config as configs
 from search.config import Config, ConfigError
-from search.searcher import StepSearcher, initial_raw, raw_space
+from search.searcher import StepSearcher, initial_raw, raw_space, write_atomic
 from search.trial import build_datasets, build_loss, proxy_trial
 from segnets import build_segnet
 from surrogates import METRICS
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{cfg.search.metric}-{cfg.data.name}"
     run_dir = resume_dir or configs.new_run_folder(Path(args.results), name)
     if not resume_dir:
-        (run_dir / "config.yaml").write_text(configs.to_yaml(cfg))
+        write_atomic(run_dir / "config.yaml", configs.to_yaml(cfg))
     print(
         f"[search] {cfg.search.metric} on {cfg.data.name} ({cfg.data.root}), {cfg.ppo.steps} steps "
         f"x {cfg.ppo.samples} samples, {cfg.proxy.model} proxy, {cfg.proxy.fit.iterations} it"
