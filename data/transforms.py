@@ -65,10 +65,14 @@ class ResizeToFit:
 
 class RandomCrop:
     """Random `size` x `size` crop of image and labels; a side shorter than `size` is padded at
-    the bottom/right first, image with 0 and labels with the void label (mmseg's Pad)."""
+    the bottom/right first, image with 0 and labels with the void label (mmseg's Pad).
 
-    def __init__(self, size: int):
-        self.size = size
+    cat_max_ratio < 1 (mmseg's, 0.75 in the reference): up to 10 draws until the crop holds at
+    least two labelled classes and none covers cat_max_ratio of its labelled pixels; else the
+    last draw."""
+
+    def __init__(self, size: int, cat_max_ratio: float = 1.0):
+        self.size, self.cat_max_ratio = size, cat_max_ratio
 
     def __call__(self, image, target):
         h, w = image.shape[-2:]
@@ -76,10 +80,18 @@ class RandomCrop:
         if pad_h or pad_w:
             image = TF.pad(image, [0, 0, pad_w, pad_h], fill=0)
             target = TF.pad(target, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
-        top = int(torch.randint(0, h + pad_h - self.size + 1, ()))
-        left = int(torch.randint(0, w + pad_w - self.size + 1, ()))
-        crop = (top, left, self.size, self.size)
+        for _ in range(10 if self.cat_max_ratio < 1 else 1):
+            top = int(torch.randint(0, h + pad_h - self.size + 1, ()))
+            left = int(torch.randint(0, w + pad_w - self.size + 1, ()))
+            crop = (top, left, self.size, self.size)
+            if self.cat_max_ratio >= 1 or self._balanced(TF.crop(target, *crop)):
+                break
         return TF.crop(image, *crop), TF.crop(target, *crop)
+
+    def _balanced(self, target: torch.Tensor) -> bool:
+        counts = torch.bincount(target[target != IGNORE_INDEX].flatten())
+        counts = counts[counts > 0]
+        return len(counts) > 1 and counts.max() < self.cat_max_ratio * counts.sum()
 
 
 class RandomHorizontalFlip:
@@ -115,12 +127,13 @@ def train_transforms(
     ratio_range: tuple[float, float] = (0.5, 2.0),
     flip: bool = True,
     photometric: bool = True,
+    cat_max_ratio: float = 1.0,
 ) -> Callable:
     """scale = None skips the rescale (data already at training size, e.g. shapes)."""
     steps: list[Callable] = []
     if scale is not None:
         steps.append(RandomRescale(tuple(scale), tuple(ratio_range)))
-    steps.append(RandomCrop(crop_size))
+    steps.append(RandomCrop(crop_size, cat_max_ratio))
     if flip:
         steps.append(RandomHorizontalFlip(0.5))
     if photometric:

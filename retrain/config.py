@@ -41,6 +41,7 @@ class RetrainSettings:
     ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
     photometric: bool = True
+    cat_max_ratio: float = 0.75  # crops where one class covers >= 75 % are redrawn (A§6)
     eval_split: str = "val"
     eval_scale: list[int] | None = field(default_factory=lambda: [2048, 512])  # whole images
     eval_batch_size: int = 1

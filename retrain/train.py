@@ -55,6 +55,7 @@ def make_datasets(cfg: RetrainConfig, rank: int = 0, world_size: int = 1):
             ratio_range=settings.ratio_range,
             flip=settings.flip,
             photometric=settings.photometric,
+            cat_max_ratio=settings.cat_max_ratio,
         ),
         **cfg.data.params,
     )

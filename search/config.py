@@ -52,6 +52,7 @@ class ProxyConfig:
     ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
     photometric: bool = True
+    cat_max_ratio: float = 0.75  # crops where one class covers >= 75 % are redrawn (A§5)
     eval_scale: list[int] | None = field(default_factory=lambda: [512, 128])  # reward images
     eval_crop: int | None = 128
     eval_batch_size: int = 32

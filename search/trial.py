@@ -49,6 +49,7 @@ def build_datasets(cfg: Config):
             ratio_range=proxy.ratio_range,
             flip=proxy.flip,
             photometric=proxy.photometric,
+            cat_max_ratio=proxy.cat_max_ratio,
         ),
         without_holdout=cfg.search.reward_split == "holdout",
         **cfg.data.params,

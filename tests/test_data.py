@@ -115,6 +115,42 @@ def test_train_transforms_pad_labels_with_void_and_keep_pairs_aligned():
     assert ((x[0] == (0 - MEAN[0]) / STD[0]) == (y == 255)).all()
 
 
+def test_cat_max_ratio_redraws_crops_that_one_class_dominates():
+    from data.transforms import RandomCrop
+
+    # class 1 fills the top-left 16 x 16 quadrant of a 32 x 32 image, class 0 the rest; some
+    # void so that it is left out of the shares. A 16 px crop at (top, left) is balanced when
+    # class 1's share of its labelled pixels lies strictly between 0.25 and 0.75.
+    labels = torch.zeros(32, 32, dtype=torch.int64)
+    labels[:16, :16] = 1
+    labels[31, :] = 255
+    balanced = []
+    for top in range(17):
+        for left in range(17):
+            window = labels[top : top + 16, left : left + 16]
+            ones, zeros = (window == 1).sum().item(), (window == 0).sum().item()
+            balanced.append(0.25 < ones / (ones + zeros) < 0.75)
+    p = sum(balanced) / len(balanced)  # one uniform draw; 10 redraws: 1 - (1 - p) ** 10
+    image, target = tv_tensors.Image(torch.zeros(3, 32, 32, dtype=torch.uint8)), labels
+
+    def share_balanced(crop, n=1500):
+        torch.manual_seed(0)
+        hits = 0
+        for _ in range(n):
+            y = crop(image, tv_tensors.Mask(target))[1]
+            ones, zeros = (y == 1).sum().item(), (y == 0).sum().item()
+            hits += 0.25 < ones / (ones + zeros) < 0.75
+        return hits / n
+
+    assert 0.2 < p < 0.5
+    assert share_balanced(RandomCrop(16)) == pytest.approx(p, abs=0.04)
+    assert share_balanced(RandomCrop(16, 0.75)) == pytest.approx(1 - (1 - p) ** 10, abs=0.02)
+    # one class only, or only void: no crop is balanced, the last draw is kept
+    x, y = RandomCrop(16, 0.75)(image, tv_tensors.Mask(torch.zeros(32, 32, dtype=torch.int64)))
+    assert x.shape == (3, 16, 16) and y.shape == (16, 16)
+    assert RandomCrop(8, 0.75)(image, tv_tensors.Mask(torch.full((32, 32), 255)))[1].shape == (8, 8)
+
+
 def test_rescale_and_eval_presets_sizes():
     image = tv_tensors.Image(torch.zeros(3, 100, 200, dtype=torch.uint8))
     target = tv_tensors.Mask(torch.zeros(100, 200, dtype=torch.int64))

@@ -55,6 +55,7 @@ def test_shipped_voc_files_are_the_published_vectors_with_the_reference_settings
     assert settings.model_args == {"backbone": "resnet101", "output_stride": 8, "aux": True}
     fit = settings.fit
     assert (settings.crop_size, fit.batch_size, fit.iterations) == (512, 32, 10_000)
+    assert settings.cat_max_ratio == 0.75
     assert (settings.fit.lr, settings.fit.head_lr_mult, settings.fit.aux_weight) == (0.02, 10, 0.4)
     assert settings.fit.optimizer == "sgd" and settings.drop_background
 

@@ -66,6 +66,7 @@ def test_default_search_on_voc_rewards_on_train_images_the_proxy_never_sees(tmp_
     fx.make_voc(tmp_path, {"train": [f"2007_{n:06d}" for n in range(12)], "val": ["2008_000001"]})
     cfg = configs.resolve("miou", {"data": "voc"}, data_root=str(tmp_path))
     assert cfg.search.reward_split == "holdout"  # SPEC B4's default, also on VOC
+    assert cfg.proxy.cat_max_ratio == 0.75 and cfg.proxy.crop_size == 128  # A§5
     check_runs(cfg)  # what `./launch.sh search miou` checks first: no error
     train_set, reward_set = build_datasets(cfg)
     assert len(train_set) == 10 and reward_set.ids == ["2007_000000", "2007_000010"]
