@@ -29,7 +29,7 @@ USAGE = """./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
        ./launch.sh search --resume RUN_DIR [--address ADDR]
 
 METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: all visible; without a
-GPU the trials run on CPU, one core each). Keys: data=shapes|voc|cityscapes|auto, any dotted key
+GPU: CPU trials at once, default one per core). Keys: data=shapes|voc|cityscapes|auto, any dotted key
 of the config (ppo.steps=4, proxy.fit.iterations=300, search.seed=1, ...)."""
 
 
