@@ -38,8 +38,7 @@ class RandomController:
         return [list(self.init_raw), *uniform.tolist()]
 
     def update(self, samples: list[list[float]], rewards: list[float]) -> float:
-        best = max(zip(rewards, samples, strict=True), key=lambda pair: pair[0])
-        self.best = max(self.best, best, key=lambda pair: pair[0])
+        self.best = best_sample(self.best, samples, rewards)
         return 0.0
 
     def state_dict(self) -> dict:
@@ -90,8 +89,7 @@ class OptunaController:
     def update(self, samples: list[list[float]], rewards: list[float]) -> float:
         for trial_id, reward in zip(self._ids(), rewards, strict=True):
             self.searcher.on_trial_complete(trial_id, {"reward": reward})
-        best = max(zip(rewards, samples, strict=True), key=lambda pair: pair[0])
-        self.best = max(self.best, best, key=lambda pair: pair[0])
+        self.best = best_sample(self.best, samples, rewards)
         return 0.0
 
     def state_dict(self) -> dict:
@@ -106,6 +104,12 @@ class OptunaController:
             path.write_bytes(state["searcher"])
             self.searcher.restore(str(path))
         self.step, self.best = state["step"], state["best"]
+
+
+def best_sample(best: tuple, samples: list[list[float]], rewards: list[float]) -> tuple:
+    """(reward, sample) of the best so far after a step; ties keep the earlier one."""
+    pairs = zip(rewards, samples, strict=True)
+    return max(best, *pairs, key=lambda pair: pair[0])
 
 
 def build_controller(name: str, init_raw: list[float], cfg: PPOConfig, seed: int, **options):

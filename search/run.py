@@ -29,8 +29,8 @@ USAGE = """./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
        ./launch.sh search --resume RUN_DIR [--address ADDR]
 
 METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: all visible; without a
-GPU: CPU trials at once, default one per core). Keys: data=shapes|voc|cityscapes|auto, any dotted key
-of the config (ppo.steps=4, proxy.fit.iterations=300, search.seed=1, ...)."""
+GPU: CPU trials at once, default one per core). Keys: data=shapes|voc|cityscapes|auto, any
+dotted key of the config (ppo.steps=4, proxy.fit.iterations=300, search.seed=1, ...)."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
