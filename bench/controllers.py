@@ -10,9 +10,12 @@ final best ('-' when it never did). Table and plot of best-so-far vs trainings p
 <work>/controllers-<metric>.md and .png, so the metrics can also run one at a time.
 
 Hours on two cores (about 6.5 min per search, 24 searches by default). Runs live in fixed folders
-under --work; a rerun skips finished searches and resumes interrupted ones.
+under --work; a rerun skips finished searches and resumes interrupted ones. Seed 0 of every
+metric and controller runs first, then seed 1, ...; the tables cover the seeds every controller
+has finished (--table-only prints them without running anything).
 
-Run: ./launch.sh bench controllers [--metrics miou bf1] [--seeds 3] [--work DIR] [key=value ...]
+Run: ./launch.sh bench controllers [--metrics miou bf1] [--seeds 3] [--work DIR] [--table-only]
+                                   [key=value ...]
 """
 
 import argparse
@@ -32,10 +35,17 @@ REPO = Path(__file__).resolve().parent.parent
 CONTROLLERS = ("ppo", "random", "cmaes", "tpe")
 
 
-def run_search(metric: str, controller: str, seed: int, work: Path, extra: list[str]) -> Path:
+def finished_search(metric: str, controller: str, seed: int, work: Path) -> Path | None:
     folder = work / f"{metric}-{controller}-seed{seed}"
-    finished = [p for p in folder.glob("*") if (p / "summary.json").is_file()]
-    if not finished:
+    done = [p for p in folder.glob("*") if (p / "summary.json").is_file()]
+    return done[0] if done else None
+
+
+def run_search(metric: str, controller: str, seed: int, work: Path, extra: list[str]) -> Path:
+    """The default search with this controller and seed, run (or resumed) once."""
+    done = finished_search(metric, controller, seed, work)
+    if done is None:
+        folder = work / f"{metric}-{controller}-seed{seed}"
         started = list(folder.glob("*/tune"))
         args = (
             ["search", "--resume", str(started[0].parent)]
@@ -47,8 +57,8 @@ def run_search(metric: str, controller: str, seed: int, work: Path, extra: list[
         )  # fmt: skip
         print("$ ./launch.sh " + " ".join(args), flush=True)
         subprocess.run([str(REPO / "launch.sh"), *args], check=True)
-        finished = [p for p in folder.glob("*") if (p / "summary.json").is_file()]
-    return finished[0]
+        done = finished_search(metric, controller, seed, work)
+    return done
 
 
 def best_so_far(run_dir: Path) -> pd.Series:
@@ -111,16 +121,25 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=["miou", "bf1"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--work", default=str(REPO / "results" / "controllers"))
+    parser.add_argument("--table-only", action="store_true", help="report what has finished")
     parser.add_argument("overrides", nargs="*", help="extra key=value for every search")
     args = parser.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # Seeds outermost: a bench stopped early still compares every controller on every metric.
+    for seed in range(0 if args.table_only else args.seeds):
+        for metric in args.metrics:
+            for controller in CONTROLLERS:
+                run_search(metric, controller, seed, work, args.overrides)
     for metric in args.metrics:
-        runs = {
-            c: [run_search(metric, c, s, work, args.overrides) for s in range(args.seeds)]
-            for c in CONTROLLERS
-        }
-        print(report(metric, runs, work), flush=True)
+        seeds = [
+            s
+            for s in range(args.seeds)
+            if all(finished_search(metric, c, s, work) for c in CONTROLLERS)
+        ]
+        if seeds:
+            runs = {c: [finished_search(metric, c, s, work) for s in seeds] for c in CONTROLLERS}
+            print(report(metric, runs, work), flush=True)
 
 
 if __name__ == "__main__":
