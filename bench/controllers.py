@@ -81,7 +81,7 @@ def report(metric: str, runs: dict[str, list[Path]], work: Path) -> str:
     seeds = len(runs["ppo"])
     lines = [
         f"### {metric}: best search reward (%) after N proxy trainings, mean +- std over "
-        f"{seeds} seeds",
+        f"{seeds} seed(s)",
         "",
         "| controller | 25 % | 50 % | 100 % | confirmed export | trainings to PPO's final best |",
         "|---|---:|---:|---:|---:|---:|",
@@ -103,7 +103,7 @@ def report(metric: str, runs: dict[str, list[Path]], work: Path) -> str:
         ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.axhline(target, color="k", ls=":", label="PPO final best (mean)")
     ax.set(
-        title=f"{metric}: best search reward vs proxy trainings ({seeds} seeds, mean +- std)",
+        title=f"{metric}: best search reward vs proxy trainings ({seeds} seed(s), mean +- std)",
         xlabel="proxy trainings (search phase)",
         ylabel=f"best {metric} on the holdout split (%)",
     )
