@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONTROLLERS = ("ppo", "random", "cmaes", "tpe")
+METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
 
 
 def finished_search(metric: str, controller: str, seed: int, work: Path) -> Path | None:
@@ -118,7 +119,7 @@ def report(metric: str, runs: dict[str, list[Path]], work: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--metrics", nargs="+", default=["miou", "bf1"])
+    parser.add_argument("--metrics", nargs="+", default=["miou", "bf1"], choices=METRICS)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--work", default=str(REPO / "results" / "controllers"))
     parser.add_argument("--table-only", action="store_true", help="report what has finished")
