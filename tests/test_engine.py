@@ -73,8 +73,10 @@ def test_heads_get_the_learning_rate_multiplier():
 
 
 def test_fit_learns_and_is_deterministic(shapes_root):
+    # 200 iterations, not 100: at 100 the margin over all-background depended on the CPU's
+    # kernels (0.145 vs the 0.149 bar on one machine, passing on another); 200 gives ~0.21.
     cfg = FitConfig(
-        iterations=100, batch_size=16, lr=0.01, optimizer="adamw", head_lr_mult=1, quiet=True
+        iterations=200, batch_size=16, lr=0.01, optimizer="adamw", head_lr_mult=1, quiet=True
     )
     losses = []
 
@@ -89,7 +91,7 @@ def test_fit_learns_and_is_deterministic(shapes_root):
         all_background.update(torch.zeros_like(target), target)
     assert after["miou"] > before["miou"] + 0.05
     assert after["miou"] > all_background.compute()["miou"] + 0.02
-    assert losses == [100]  # on_eval at the end only
+    assert losses == [200]  # on_eval at the end only
     again = fit(make_model(), build_loss("ce"), train_set(shapes_root), cfg)
     assert torch.equal(weights(model), weights(again))  # bit-identical on CPU
 
