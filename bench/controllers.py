@@ -31,22 +31,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from surrogates import METRICS  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 CONTROLLERS = ("ppo", "random", "cmaes", "tpe")
-METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
 
 
-def finished_search(metric: str, controller: str, seed: int, work: Path) -> Path | None:
-    folder = work / f"{metric}-{controller}-seed{seed}"
+def search_folder(metric: str, controller: str, seed: int, work: Path) -> Path:
+    return work / f"{metric}-{controller}-seed{seed}"
+
+
+def finished_search(folder: Path) -> Path | None:
     done = [p for p in folder.glob("*") if (p / "summary.json").is_file()]
     return done[0] if done else None
 
 
 def run_search(metric: str, controller: str, seed: int, work: Path, extra: list[str]) -> Path:
     """The default search with this controller and seed, run (or resumed) once."""
-    done = finished_search(metric, controller, seed, work)
+    folder = search_folder(metric, controller, seed, work)
+    done = finished_search(folder)
     if done is None:
-        folder = work / f"{metric}-{controller}-seed{seed}"
         started = list(folder.glob("*/tune"))
         args = (
             ["search", "--resume", str(started[0].parent)]
@@ -58,7 +62,7 @@ def run_search(metric: str, controller: str, seed: int, work: Path, extra: list[
         )  # fmt: skip
         print("$ ./launch.sh " + " ".join(args), flush=True)
         subprocess.run([str(REPO / "launch.sh"), *args], check=True)
-        done = finished_search(metric, controller, seed, work)
+        done = finished_search(folder)
     return done
 
 
@@ -133,13 +137,13 @@ def main() -> None:
             for controller in CONTROLLERS:
                 run_search(metric, controller, seed, work, args.overrides)
     for metric in args.metrics:
-        seeds = [
-            s
-            for s in range(args.seeds)
-            if all(finished_search(metric, c, s, work) for c in CONTROLLERS)
-        ]
-        if seeds:
-            runs = {c: [finished_search(metric, c, s, work) for s in seeds] for c in CONTROLLERS}
+        found = {
+            c: [finished_search(search_folder(metric, c, s, work)) for s in range(args.seeds)]
+            for c in CONTROLLERS
+        }
+        complete = [s for s in range(args.seeds) if all(found[c][s] for c in CONTROLLERS)]
+        if complete:
+            runs = {c: [found[c][s] for s in complete] for c in CONTROLLERS}
             print(report(metric, runs, work), flush=True)
 
 
