@@ -6,8 +6,9 @@ each controller (ppo, random, cmaes, tpe) and 3 search seeds. Printed per metric
 mean +- std over seeds of the best search reward after 25 %, 50 %, 100 % of the search trials,
 the confirmed reward of the exported loss (confirmation round, 2 seeds per candidate), and the
 number of proxy trainings after which a controller's best-so-far (mean over seeds) reaches PPO's
-final best ('-' when it never did). Table and plot of best-so-far vs trainings per metric:
-<work>/controllers-<metric>.md and .png, so the metrics can also run one at a time.
+final best ('-' when it never did), and the same count for each seed's own curve. Table and plot
+of best-so-far vs trainings per metric: <work>/controllers-<metric>.md and .png, so the metrics
+can also run one at a time.
 
 Hours on two cores (about 6.5 min per search, 24 searches by default). Runs live in fixed folders
 under --work; a rerun skips finished searches and resumes interrupted ones. Seed 0 of every
@@ -73,9 +74,18 @@ def best_so_far(run_dir: Path) -> pd.Series:
     return search.reward.fillna(-1).cummax().rename(lambda i: i + 1)
 
 
+def trainings_to(curve: pd.Series, target: float) -> str:
+    """The first training after which a best-so-far curve reaches the target, '' if never."""
+    hit = curve[curve >= target - 1e-9]
+    return str(int(hit.index[0])) if len(hit) else ""
+
+
 def report(metric: str, runs: dict[str, list[Path]], work: Path) -> str:
     """The table and plot of one metric; both are also written to <work>/controllers-<metric>.*"""
-    curves = {c: pd.concat([best_so_far(r) for r in rs], axis=1) for c, rs in runs.items()}
+    curves = {
+        c: pd.concat([best_so_far(r) for r in rs], axis=1, ignore_index=True)
+        for c, rs in runs.items()
+    }
     confirmed = {
         c: 100 * pd.Series([json.loads((r / "summary.json").read_text())["reward"] for r in rs])
         for c, rs in runs.items()
@@ -88,8 +98,9 @@ def report(metric: str, runs: dict[str, list[Path]], work: Path) -> str:
         f"### {metric}: best search reward (%) after N proxy trainings, mean +- std over "
         f"{seeds} seed(s)",
         "",
-        "| controller | 25 % | 50 % | 100 % | confirmed export | trainings to PPO's final best |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| controller | 25 % | 50 % | 100 % | confirmed export | trainings to PPO's final best "
+        "| per seed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for controller, curve in curves.items():
@@ -100,9 +111,9 @@ def report(metric: str, runs: dict[str, list[Path]], work: Path) -> str:
             cells.append(f"{row.mean():.2f} +- {row.std(ddof=0):.2f}")
         done = confirmed[controller]
         mean, std = curve.mean(axis=1), curve.std(axis=1, ddof=0)
-        hit = mean[mean >= target - 1e-9]
         cells.append(f"{done.mean():.2f} +- {done.std(ddof=0):.2f}")
-        cells.append(str(int(hit.index[0])) if len(hit) else f"- (> {len(curve)})")
+        cells.append(trainings_to(mean, target) or f"- (> {len(curve)})")
+        cells.append(" / ".join(trainings_to(curve[s], target) or "-" for s in curve.columns))
         lines.append(f"| {controller} | " + " | ".join(cells) + " |")
         (line,) = ax.plot(mean.index, mean, label=controller)
         ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.15)
