@@ -41,7 +41,7 @@ setup_venv() {
   # pip byte-compiles what it installs; --no-compile is never passed (DESIGN.md).
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
   .venv/bin/python -m pip install --quiet -e ".[test]" >&2
-  .venv/bin/python -m compileall -q surrogates data segnets search retrain results >/dev/null
+  .venv/bin/python -m compileall -q surrogates data segnets experiments search retrain results >/dev/null
   echo "$want" > "$stamp"
   echo "[launch] .venv ready" >&2
 }

@@ -33,7 +33,6 @@ a new folder, so a stale cache is never reused.
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision import tv_tensors
+
+from results.files import atomic_path
 
 VERSION = 2  # bump whenever the generator's output changes
 CLASS_NAMES = ("background", "disc", "box", "triangle", "ring", "line", "dot")
@@ -234,10 +235,8 @@ def load_split(root: str | Path, params: ShapesParams, split: str) -> tuple[np.n
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         images, labels = generate_split(params, split)
-        # temp file + rename: a crash mid-write never leaves a truncated cache behind
-        tmp = folder / f".{split}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a crash mid-write never leaves a truncated cache
+            np.savez(tmp, images=images, labels=labels)
         (folder / "params.json").write_text(json.dumps({"version": VERSION, **asdict(params)}))
         seconds = time.perf_counter() - start
         print(f"[shapes] generated {split}: {len(images)} images in {seconds:.1f}s -> {path}")

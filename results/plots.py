@@ -12,9 +12,14 @@ import numpy as np
 import pandas as pd
 
 from results.runs import METRICS, RetrainRun, SearchRun
-from surrogates.curves import METRIC_CURVES, raw_to_control
 
-CURVE_NAMES = {2: ["h_I (intersection)", "h_U (union)"], 1: ["h"], 4: ["h1", "h2", "h3", "h4"]}
+# the curves of each metric's surrogate, in the order of their control points in theta (SPEC A§2)
+_REGION = ["h_I (intersection)", "h_U (union)"]
+CURVE_NAMES = {
+    **dict.fromkeys(["miou", "fwiou", "biou"], _REGION),
+    **dict.fromkeys(["macc", "gacc"], ["h"]),
+    "bf1": ["h1", "h2", "h3", "h4"],
+}
 
 
 def bezier_curve(control: list[float], samples: int = 101) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +72,15 @@ def plot_rewards(run: SearchRun) -> plt.Figure:
 
 
 def plot_curves(run: SearchRun) -> plt.Figure:
-    curves = METRIC_CURVES[run.metric]
+    names = CURVE_NAMES[run.metric]
+    curves = len(names)
     fig, axes = plt.subplots(1, curves, figsize=(4.2 * curves, 4.2), squeeze=False)
-    mu_columns = [c for c in run.policy.columns if c.startswith("mu_")]
+    theta_columns = [c for c in run.policy.columns if c.startswith("theta_")]
     colours = plt.cm.viridis(np.linspace(0, 1, max(1, len(run.policy))))
     for k, ax in enumerate(axes[0]):
         ax.plot([0, 1], [0, 1], "k--", label="identity")
         for (_, row), colour in zip(run.policy.iterrows(), colours, strict=False):
-            theta = raw_to_control(row[mu_columns].to_numpy(float), curves)
+            theta = row[theta_columns].to_numpy(float)  # the mean's control points
             per_curve = len(theta) // curves
             x, y = bezier_curve(theta[k * per_curve : (k + 1) * per_curve])
             ax.plot(x, y, color=colour, label=f"mean after step {int(row.step)}")
@@ -84,7 +90,7 @@ def plot_curves(run: SearchRun) -> plt.Figure:
             x, y = bezier_curve(theta[k * per_curve : (k + 1) * per_curve])
             ax.plot(x, y, color="tab:red", lw=2.5, label=f"exported ({run.summary['best']})")
         ax.set(
-            title=CURVE_NAMES[curves][k],
+            title=names[k],
             xlabel="x (softmax probability)",
             ylabel="h(x)",
             xlim=(0, 1),
@@ -130,13 +136,10 @@ def plot_metrics(run: RetrainRun) -> plt.Figure:
     return fig
 
 
-def comparison_table(markdown: str) -> pd.DataFrame:
-    """comparison.md -> a DataFrame indexed by loss, columns the six metrics (in %)."""
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
-    header = [h.strip().rstrip("*") for h in lines[0].strip("|").split("|")]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
-    table = pd.DataFrame(rows, columns=header).set_index("loss")
-    return table.astype(float)
+def comparison_table(comparison: dict) -> pd.DataFrame:
+    """comparison.json -> a DataFrame indexed by loss, columns the metrics (in %)."""
+    table = pd.DataFrame.from_dict(comparison["losses"], orient="index")[comparison["metrics"]]
+    return 100 * table.rename_axis("loss")
 
 
 def plot_comparison(run: RetrainRun) -> plt.Figure:

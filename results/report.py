@@ -9,14 +9,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 from results import plots  # noqa: E402
+from results.files import atomic_path, comparison_markdown, write_text  # noqa: E402
 from results.runs import METRICS, load_retrain, load_search, run_kind  # noqa: E402
+from surrogates import METRIC_COLUMNS  # noqa: E402
 
 
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plots.plt.close(fig)
     return f"plots/{path.name}"
 
@@ -65,7 +66,7 @@ def retrain_report(path: Path) -> str:
     lines += ["", "## Evaluations (%)", "", _percent(run.metrics).to_markdown(index=False)]
     if run.comparison:
         figures.append(_save(plots.plot_comparison(run), path / "plots" / "comparison.png"))
-        lines += ["", "## CE vs searched", "", run.comparison]
+        lines += ["", "## CE vs searched", "", comparison_markdown(run.comparison)]
     lines += ["", "## Plots", "", *[f"![{f}]({f})" for f in figures]]
     return "\n".join(lines)
 
@@ -73,9 +74,7 @@ def retrain_report(path: Path) -> str:
 def _percent(table):
     table = table.copy()
     for column in table.columns:
-        if column in (*METRICS, "reward", "mdice", "miou_image", "bf1_image") or column.startswith(
-            "reward_"
-        ):
+        if column in (*METRIC_COLUMNS, "reward") or column.startswith("reward_"):
             table[column] = (100 * table[column]).round(2)
     return table
 
@@ -83,9 +82,7 @@ def _percent(table):
 def report(path: str | Path) -> str:
     path = Path(path)
     text = search_report(path) if run_kind(path) == "search" else retrain_report(path)
-    tmp = path / ".report.md.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(path / "report.md")
+    write_text(path / "report.md", text + "\n")
     return text
 
 

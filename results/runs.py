@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
+from surrogates import METRICS  # the six target metrics, in the run files' column order
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RetrainRun:
     config: dict
     metrics: pd.DataFrame  # a row per evaluation (metrics.csv)
     final: dict | None  # final.json once finished
-    comparison: str | None  # comparison.md when a CE baseline was compared
+    comparison: dict | None  # comparison.json when a CE baseline was compared
 
     @property
     def target(self) -> str | None:
@@ -97,13 +97,12 @@ def load_retrain(path: str | Path) -> RetrainRun:
     config = _config(path)
     if "retrain" not in config:
         raise ValueError(f"{path} is not a retrain run (its config has no retrain section)")
-    comparison = path / "comparison.md"
     return RetrainRun(
         path=path,
         config=config,
         metrics=_csv(path / "metrics.csv"),
         final=_json(path / "final.json"),
-        comparison=comparison.read_text() if comparison.is_file() else None,
+        comparison=_json(path / "comparison.json"),
     )
 
 

@@ -1,11 +1,12 @@
-"""The retrain configuration, filled in layers like the search's (search/config.py):
+"""The retrain configuration, filled in layers like the search's (experiments/config.py):
 
     defaults below (the VOC reference retrain, SPEC A§6)  <-  experiments/data/<dataset>.yaml
     (its `retrain:` section)  <-  FILE (the loss, and anything else it sets)  <-  key=value
 
 FILE is a searched-loss file exported by a search, a shipped preset of experiments/retrain/, or
-any YAML with a `loss:` mapping. Its `data:` section (a search's export names its dataset)
-chooses the dataset unless `data=` is given; without either, `data=auto`.
+any YAML with a `loss:` mapping. Its `data:` section (a search's export names its dataset, as a
+mapping or as a plain name) chooses the dataset unless `data=` is given; without either,
+`data=auto`.
 """
 
 from dataclasses import dataclass, field
@@ -15,40 +16,37 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from search.config import (
+from experiments.config import (
     EXPERIMENTS,
     ConfigError,
     DataConfig,
+    TrainSettings,
+    check_ranges,
+    check_values_present,
     dataset_choice,
     merge_file,
     set_key,
 )
+from experiments.config import load as load_file
 from segnets.engine import PREDICTIONS, FitConfig
 
 RETRAIN_FILES = EXPERIMENTS / "retrain"
 # free-form mappings: the loss builder, the model builder and the dataset check their keys
 OPEN_KEYS = ("data.params", "loss", "retrain.model_args", "search")
+# what each top-level section of a retrain file must be
+SECTION_TYPES = {"loss": dict, "data": dict, "retrain": dict, "search": dict, "name": str}
 
 
 @dataclass
-class RetrainSettings:
-    model: str = "deeplabv3plus"
+class RetrainSettings(TrainSettings):
+    """The full-size model and its training (reference A§6: R101 DeepLabV3+ OS 8, 512 px
+    crops of images rescaled to fit 2048 x 512, batch 32, 10k SGD iterations)."""
+
     model_args: dict[str, Any] = field(
         default_factory=lambda: {"backbone": "resnet101", "output_stride": 8, "aux": True}
     )
-    crop_size: int = 512
-    scale: list[int] | None = field(default_factory=lambda: [2048, 512])  # None: no rescale
-    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    flip: bool = True
-    photometric: bool = True
-    cat_max_ratio: float = 0.75  # crops where one class covers >= 75 % are redrawn (A§6)
-    eval_split: str = "val"
+    scale: list[int] | None = field(default_factory=lambda: [2048, 512])
     eval_scale: list[int] | None = field(default_factory=lambda: [2048, 512])  # whole images
-    eval_batch_size: int = 1
-    prediction: str = "max"  # max | T | rankdice
-    classes: list[int] | None = None  # class-of-interest subset of the reported means
-    tolerance: int = 5  # boundary tolerance of the evaluation (and of a loss that sets none)
-    drop_background: bool = True  # VOC-style boundary metrics
     fit: FitConfig = field(
         default_factory=lambda: FitConfig(
             iterations=10_000,
@@ -59,6 +57,11 @@ class RetrainSettings:
             seed=1,
         )
     )
+    eval_split: str = "val"
+    prediction: str = "max"  # max | T | rankdice
+    classes: list[int] | None = None  # class-of-interest subset of the reported means
+    tolerance: int = 5  # boundary tolerance of the evaluation (and of a loss that sets none)
+    drop_background: bool = True  # VOC-style boundary metrics
 
 
 @dataclass
@@ -80,13 +83,30 @@ def find_file(text: str) -> Path:
     raise ConfigError(f"retrain file '{text}' not found (a path, or one of: {shipped})")
 
 
-def resolve(path: Path, overrides: dict[str, str], data_root: str | None = None) -> RetrainConfig:
+def read_file(path: Path) -> dict:
+    """A retrain file's sections, each of the right type; `data: NAME` is short for
+    `data: {name: NAME}`."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        check_values_present(yaml.compose(text), str(path))
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("loss"), dict):
         raise ConfigError(f"{path}: expected a 'loss:' mapping (name: surrogate, metric, theta)")
+    if isinstance(doc.get("data"), str):
+        doc["data"] = {"name": doc["data"]}
+    for section, kind in SECTION_TYPES.items():
+        if section in doc and not isinstance(doc[section], kind):
+            raise ConfigError(
+                f"{path}: '{section}' must be a {'mapping' if kind is dict else 'string'}, "
+                f"got {doc[section]!r}"
+            )
+    return doc
+
+
+def resolve(path: Path, overrides: dict[str, str], data_root: str | None = None) -> RetrainConfig:
+    doc = read_file(path)
     overrides = dict(overrides)
     file_data = doc.get("data") or {}
     name, root = dataset_choice(
@@ -109,8 +129,15 @@ def resolve(path: Path, overrides: dict[str, str], data_root: str | None = None)
 
 
 def check(cfg: RetrainConfig) -> None:
+    """Values that are well typed but wrong: the prediction procedure, ranges."""
     prediction = cfg.retrain.prediction
     if prediction not in PREDICTIONS:
         raise ConfigError(
             f"unknown retrain.prediction '{prediction}'; valid: {', '.join(PREDICTIONS)}"
         )
+    check_ranges(cfg)
+
+
+def load(path: str | Path) -> RetrainConfig:
+    """The resolved config.yaml of a retrain run folder."""
+    return load_file(path, RetrainConfig, OPEN_KEYS)

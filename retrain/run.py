@@ -17,15 +17,24 @@ from pathlib import Path
 import torch
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
-from retrain.config import OPEN_KEYS, RetrainConfig, find_file, resolve
-from retrain.train import make_datasets, make_loss, train
-from search import config as configs
-from search.config import ConfigError
-from search.searcher import write_atomic
+from experiments.config import (
+    REPO,
+    ConfigError,
+    build_train_set,
+    fail,
+    parse_overrides,
+    preflight,
+    take_num_gpus,
+    to_yaml,
+)
+from results.files import comparison_markdown, new_run_folder, write_json, write_text
+from retrain import config as configs
+from retrain.config import RetrainConfig, find_file, resolve
+from retrain.train import make_eval_set, make_loss, train
 from segnets import build_segnet
 from surrogates import METRICS
 
-RESULTS = configs.REPO / "results" / "retrain"
+RESULTS = REPO / "results" / "retrain"
 USAGE = """./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
        ./launch.sh retrain --resume RUN_DIR
 
@@ -40,13 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN_DIR")
     parser.add_argument("--baseline", choices=["ce"])
     parser.add_argument("--results", default=str(RESULTS), help="folder of the run folders")
-    parser.error = lambda message: _fail(message)
+    parser.error = fail  # one line, exit 2
     return parser.parse_intermixed_args(argv)
-
-
-def _fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def plan(args: argparse.Namespace) -> tuple[RetrainConfig, Path | None]:
@@ -60,28 +64,30 @@ def plan(args: argparse.Namespace) -> tuple[RetrainConfig, Path | None]:
             raise ConfigError("--resume takes no FILE or overrides; the run's config is used")
         if (run_dir / "final.json").is_file():
             raise ConfigError(f"{run_dir} has finished (final.json): nothing to resume")
-        return configs.load(run_dir / "config.yaml", RetrainConfig, OPEN_KEYS), run_dir
+        return configs.load(run_dir / "config.yaml"), run_dir
     words = list(args.words)
     if not words:
         raise ConfigError("missing FILE (a searched-loss yaml or a name in experiments/retrain/)")
     path = find_file(words.pop(0))
-    processes = configs.take_num_gpus(words)
+    processes = take_num_gpus(words)
     visible = torch.cuda.device_count()
     if processes and visible and processes > visible:
         raise ConfigError(f"NUM_GPUS={processes} but only {visible} GPU(s) are visible")
-    cfg = resolve(path, configs.parse_overrides(words))
+    cfg = resolve(path, parse_overrides(words))
     cfg.processes = processes or max(1, visible)
     return cfg, None
 
 
 def check_builds(cfg: RetrainConfig) -> None:
     """Everything a process builds, once, before a run folder exists."""
-    try:
-        train_set, _ = make_datasets(cfg)
+
+    def build() -> None:
+        train_set = build_train_set(cfg.data, cfg.retrain)
+        make_eval_set(cfg)
         build_segnet(cfg.retrain.model, train_set.num_classes, **cfg.retrain.model_args)
         make_loss(cfg, train_set.num_classes)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
+
+    preflight(build)
     if cfg.retrain.fit.batch_size % cfg.processes:
         raise ConfigError(
             f"retrain.fit.batch_size={cfg.retrain.fit.batch_size} does not split over "
@@ -90,9 +96,9 @@ def check_builds(cfg: RetrainConfig) -> None:
 
 
 def new_run_dir(cfg: RetrainConfig, results: Path) -> Path:
-    run_dir = configs.new_run_folder(results, f"{cfg.name}-{cfg.data.name}")
+    run_dir = new_run_folder(results, f"{cfg.name}-{cfg.data.name}")
     (run_dir / "checkpoints").mkdir()
-    write_atomic(run_dir / "config.yaml", configs.to_yaml(cfg))
+    write_text(run_dir / "config.yaml", to_yaml(cfg))
     return run_dir
 
 
@@ -110,7 +116,7 @@ def launch(cfg: RetrainConfig, run_dir: Path) -> dict:
             f"--nproc_per_node={cfg.processes}", "-m", "retrain.train", str(run_dir),
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(command, cwd=configs.REPO, env=env)
+        done = subprocess.run(command, cwd=REPO, env=env)
         if done.returncode != 0:
             raise SystemExit(f"error: the DDP processes failed (exit {done.returncode})")
     final = json.loads((run_dir / "final.json").read_text())
@@ -122,7 +128,7 @@ def launch(cfg: RetrainConfig, run_dir: Path) -> dict:
 def find_baseline(cfg: RetrainConfig, results: Path) -> Path | None:
     """A finished CE run with exactly these data and training settings."""
     for config_path in sorted(results.glob("*/config.yaml")):
-        other = configs.load(config_path, RetrainConfig, OPEN_KEYS)
+        other = configs.load(config_path)
         same = (other.data, other.retrain, other.processes) == (
             cfg.data,
             cfg.retrain,
@@ -133,15 +139,10 @@ def find_baseline(cfg: RetrainConfig, results: Path) -> Path | None:
     return None
 
 
-def comparison(target: str | None, rows: dict[str, dict]) -> str:
-    """The table of SPEC A§6.1: a row per loss, the six metrics, the target metric marked."""
-    header = [f"{m}*" if m == target else m for m in METRICS]
-    lines = ["| loss | " + " | ".join(header) + " |", "|---|" + "---:|" * len(METRICS)]
-    for name, final in rows.items():
-        values = " | ".join(f"{100 * float(final[m]):.2f}" for m in METRICS)
-        lines.append(f"| {name} | {values} |")
-    note = f"\n* the searched loss's target metric ({target})" if target else ""
-    return "\n".join(lines) + note + "\n"
+def comparison(target: str | None, finals: dict[str, dict]) -> dict:
+    """comparison.json: the six metrics of each loss's final evaluation, the target marked."""
+    losses = {name: {m: float(final[m]) for m in METRICS} for name, final in finals.items()}
+    return {"target": target, "metrics": list(METRICS), "losses": losses}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, resume_dir = plan(args)
         check_builds(cfg)
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     results = Path(args.results)
     run_dir = resume_dir or new_run_dir(cfg, results)
     final = launch(cfg, run_dir)
@@ -164,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[retrain] baseline: reusing {baseline_dir}")
         base = json.loads((baseline_dir / "final.json").read_text())
-        table = comparison(cfg.loss.get("metric"), {"ce": base, cfg.name: final})
-        write_atomic(run_dir / "comparison.md", table)
+        compared = comparison(cfg.loss.get("metric"), {"ce": base, cfg.name: final})
+        write_json(run_dir / "comparison.json", compared)
+        table = comparison_markdown(compared)
+        write_text(run_dir / "comparison.md", table)
         print(table)
     return 0
 

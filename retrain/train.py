@@ -1,14 +1,13 @@
-"""One retrain process: train the full-size model on a run folder's config.yaml, evaluate it
-periodically with every metric, write metrics.csv, checkpoints and final.json.
+"""One retrain process: the full-size model trained on a run folder's config.yaml, evaluated at
+intervals with every metric; metrics.csv, checkpoints/latest.pth and final.json in the run folder.
 
 Run alone (`train(run_dir)`) or as each of the torchrun processes of a DDP retrain
 (`python -m retrain.train RUN_DIR`): torchrun's RANK / WORLD_SIZE / LOCAL_RANK select the
-process group (nccl on GPUs, gloo on CPU). A run folder with checkpoints/latest.pth resumes.
+process group (nccl on GPUs, gloo on CPU). A run folder with checkpoints/latest.pth resumes: the
+batch stream is addressed by iteration and the RNG states are restored, so on CPU a resumed run
+ends with exactly the metrics of an uninterrupted one.
 """
 
-import csv
-import io
-import json
 import os
 import sys
 import time
@@ -20,13 +19,25 @@ from torch.utils.data import Subset
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
 from data import build_dataset, eval_loader
-from data.transforms import train_transforms, whole_image_transforms
-from retrain.config import OPEN_KEYS, RetrainConfig
-from search import config as configs
-from search.searcher import METRIC_COLUMNS, write_atomic
+from data.transforms import whole_image_transforms
+from experiments.config import build_train_set, to_dict
+from results.files import atomic_path, read_csv, write_csv, write_json
+from retrain import config as configs
+from retrain.config import RetrainConfig
 from segnets import build_segnet
-from segnets.engine import evaluate, fit, process_rank, seed_everything
-from surrogates import build_loss
+from segnets.engine import (
+    evaluate,
+    process_rank,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_training,
+    train_batches,
+    train_steps,
+)
+from surrogates import METRIC_COLUMNS, METRICS, build_loss
+
+CHECKPOINT = Path("checkpoints") / "latest.pth"
 
 
 def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
@@ -42,23 +53,10 @@ def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
     return build_loss(name, num_classes=num_classes, **kwargs)
 
 
-def make_datasets(cfg: RetrainConfig, rank: int = 0, world_size: int = 1):
-    """(train set, this process's share of the evaluation set)."""
+def make_eval_set(cfg: RetrainConfig, rank: int = 0, world_size: int = 1):
+    """This process's share of the evaluation split, whole images (predictions are resized
+    back to the label size)."""
     settings = cfg.retrain
-    train_set = build_dataset(
-        cfg.data.name,
-        cfg.data.root,
-        "train",
-        train_transforms(
-            crop_size=settings.crop_size,
-            scale=settings.scale,
-            ratio_range=settings.ratio_range,
-            flip=settings.flip,
-            photometric=settings.photometric,
-            cat_max_ratio=settings.cat_max_ratio,
-        ),
-        **cfg.data.params,
-    )
     eval_set = build_dataset(
         cfg.data.name,
         cfg.data.root,
@@ -66,65 +64,100 @@ def make_datasets(cfg: RetrainConfig, rank: int = 0, world_size: int = 1):
         whole_image_transforms(scale=settings.eval_scale),
         **cfg.data.params,
     )
-    if world_size > 1:
-        eval_set = Subset(eval_set, range(rank, len(eval_set), world_size))
-    return train_set, eval_set
+    return Subset(eval_set, range(rank, len(eval_set), world_size)) if world_size > 1 else eval_set
+
+
+def evaluation_points(start: int, iterations: int, every: list[int]) -> list[int]:
+    """The iterations after `start` where the loop stops to evaluate or checkpoint: multiples
+    of each nonzero interval in `every`, and the last iteration."""
+    points = {k for n in every if n for k in range(n, iterations, n) if k > start}
+    return sorted(points | ({iterations} if start < iterations else set()))
+
+
+def _due(iteration: int, every: int, iterations: int) -> bool:
+    return iteration == iterations or bool(every and iteration % every == 0)
+
+
+def save_checkpoint(path: Path, model, optimizer, iteration: int, cfg: RetrainConfig) -> None:
+    """A plain dict, written atomically; it carries the resolved config it was trained with."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "rng": rng_state(),
+        "config": to_dict(cfg),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def resume(path: Path, model, optimizer, device: torch.device) -> int:
+    """Load a checkpoint into model and optimizer, restore the RNG states; its iteration."""
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    return checkpoint["iteration"]
 
 
 def train(run_dir: str | Path) -> dict | None:
+    """Train (or continue) the run in `run_dir`; final.json's contents on rank 0."""
     run_dir = Path(run_dir)
-    cfg: RetrainConfig = configs.load(run_dir / "config.yaml", RetrainConfig, OPEN_KEYS)
-    device = _init_process_group()
+    cfg = configs.load(run_dir / "config.yaml")
+    settings, fit_cfg = cfg.retrain, cfg.retrain.fit
+    device = init_process_group()
     rank, world_size = process_rank()
-    settings = cfg.retrain
-    train_set, eval_set = make_datasets(cfg, rank, world_size)
+
+    train_set = build_train_set(cfg.data, settings)
     num_classes = train_set.num_classes
+    eval_batches = eval_loader(make_eval_set(cfg, rank, world_size), settings.eval_batch_size)
     loss_fn = make_loss(cfg, num_classes)
-    seed_everything(settings.fit.seed)
+    seed_everything(fit_cfg.seed)
     model = build_segnet(settings.model, num_classes, **settings.model_args)
+    net, optimizer = setup_training(model, fit_cfg, device)
+    checkpoint = run_dir / CHECKPOINT
+    start = resume(checkpoint, model, optimizer, device) if checkpoint.is_file() else 0
+    rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["iteration"]) <= start]
+    batches = train_batches(train_set, fit_cfg, device, start)
 
-    checkpoint = run_dir / "checkpoints" / "latest.pth"
-    resume = checkpoint if checkpoint.is_file() else None
-    done_iterations = torch.load(checkpoint, weights_only=False)["iteration"] if resume else 0
-    rows = [r for r in _read_rows(run_dir) if int(r["iteration"]) <= done_iterations]
     started = time.perf_counter()
-    loader = eval_loader(eval_set, settings.eval_batch_size)
+    every = [fit_cfg.eval_every, fit_cfg.checkpoint_every]
+    for stop in evaluation_points(start, fit_cfg.iterations, every):
+        train_steps(net, optimizer, loss_fn, batches, fit_cfg, device, start, stop)
+        start = stop
+        # evaluate before the checkpoint: a checkpoint at k means the evaluation at k is done
+        if _due(stop, fit_cfg.eval_every, fit_cfg.iterations):
+            results = evaluate(
+                model,
+                eval_batches,
+                num_classes,
+                device,
+                prediction=settings.prediction,
+                classes=settings.classes,
+                drop_background=settings.drop_background,
+                tolerance=settings.tolerance,
+            )
+            seconds = round(time.perf_counter() - started, 2)
+            rows.append({"iteration": stop, "seconds": seconds})
+            rows[-1].update({k: results[k] for k in METRIC_COLUMNS})
+            if rank == 0:
+                write_csv(run_dir / "metrics.csv", rows, ["iteration", "seconds", *METRIC_COLUMNS])
+                shown = "  ".join(f"{k} {100 * results[k]:.2f}" for k in METRICS)
+                print(f"[retrain] eval at {stop}: {shown}", flush=True)
+        if rank == 0 and _due(stop, fit_cfg.checkpoint_every, fit_cfg.iterations):
+            save_checkpoint(checkpoint, model, optimizer, stop, cfg)
 
-    def on_eval(net: torch.nn.Module, iteration: int) -> None:
-        results = evaluate(
-            net,
-            loader,
-            num_classes,
-            device,
-            prediction=settings.prediction,
-            classes=settings.classes,
-            drop_background=settings.drop_background,
-            tolerance=settings.tolerance,
-        )
-        if rank != 0:
-            return
-        rows.append(
-            {
-                "iteration": iteration,
-                "seconds": round(time.perf_counter() - started, 2),
-                **{k: results[k] for k in METRIC_COLUMNS},
-            }
-        )
-        write_atomic(run_dir / "metrics.csv", _csv(rows))
-        shown = "  ".join(f"{k} {100 * results[k]:.2f}" for k in METRIC_COLUMNS[:6])
-        print(f"[retrain] eval at {iteration}: {shown}", flush=True)
-
-    fit(model, loss_fn, train_set, settings.fit, device, run_dir / "checkpoints", resume, on_eval)
     final = None
     if rank == 0:
         final = {**rows[-1], "processes": world_size, "loss": cfg.loss, "data": cfg.data.name}
-        write_atomic(run_dir / "final.json", json.dumps(final, indent=2))
+        write_json(run_dir / "final.json", final)
     if world_size > 1:
         dist.destroy_process_group()
     return final
 
 
-def _init_process_group() -> torch.device:
+def init_process_group() -> torch.device:
+    """Join torchrun's process group (nccl on GPUs, gloo on CPU); this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world_size > 1 and not dist.is_initialized():
@@ -135,22 +168,6 @@ def _init_process_group() -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def _read_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def _csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, ["iteration", "seconds", *METRIC_COLUMNS])
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 if __name__ == "__main__":

@@ -1,22 +1,25 @@
-"""The training engine shared by the proxy trials of the search and by retrain: `fit`, `evaluate`.
+"""The training engine shared by the proxy trials of the search and by retrain: plain
+functions, no callbacks. Retrain's loop (retrain/train.py) calls them between its evaluations
+and checkpoints; the proxy trial calls `fit`.
 
-fit: SGD with momentum and weight decay, a poly schedule with optional linear warm-up, a
-learning-rate multiplier for everything outside `model.backbone` (the reference uses 10x for the
-heads, SPEC A§5), loss = main + aux_weight * aux, bf16 autocast on CUDA with the loss in float32,
-optional channels_last, progress lines, periodic evaluation and checkpoints written atomically.
-Resuming from a checkpoint continues exactly: the data stream is addressed by iteration
-(data.train_loader) and the RNG states are restored.
-
-evaluate: exact `SegMetrics` over a loader with a prediction procedure (max, rankdice).
+setup_training  the model on its device (DDP-wrapped under torch.distributed) and its optimizer:
+                SGD with momentum and weight decay (or AdamW), a learning-rate multiplier for
+                everything outside `model.backbone` (the reference uses 10x for the heads, A§5)
+train_batches   the endless, iteration-addressed batch stream (data.train_loader): a resumed
+                run sees the batches an uninterrupted one would
+train_steps     iterations [start, stop): poly schedule with optional linear warm-up, loss = main
+                + aux_weight * aux, bf16 autocast on CUDA with the loss in float32, optional
+                channels_last, a non-finite loss check, progress lines
+fit             all of it from scratch: what a proxy trial trains
+evaluate        exact `SegMetrics` over a loader with a prediction procedure (max, T, rankdice)
+rng_state       the RNG states a checkpoint carries (plain tensors: loads with weights_only)
 """
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,8 +59,8 @@ class FitConfig:
     workers: int = 0  # data loader worker processes
     seed: int = 0  # data order and augmentation
     log_every: int = 50  # iterations between progress lines (0 = never)
-    eval_every: int = 0  # iterations between evaluations (0 = only when asked at the end)
-    checkpoint_every: int = 0  # iterations between checkpoints (0 = only the final one)
+    eval_every: int = 0  # retrain: iterations between evaluations (0 = only at the end)
+    checkpoint_every: int = 0  # retrain: iterations between checkpoints (0 = only at the end)
     quiet: bool = False  # no progress lines (proxy trials)
 
 
@@ -110,9 +113,12 @@ def _mean_over_processes(value: torch.Tensor, world_size: int) -> float:
 
 
 def rng_state() -> dict:
+    """torch, numpy and Python RNG states as tensors, ints and tuples, so that a checkpoint
+    loads with torch.load(weights_only=True)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -122,7 +128,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -132,14 +139,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save through a temp file + rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def compute_loss(outputs: dict, target: torch.Tensor, loss_fn: Callable, aux_weight: float):
@@ -155,47 +154,24 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def fit(
-    model: nn.Module,
-    loss_fn: Callable,
-    train_set: torch.utils.data.Dataset,
-    cfg: FitConfig,
-    device: str | torch.device = "cpu",
-    checkpoint_dir: str | Path | None = None,
-    resume: str | Path | None = None,
-    on_eval: Callable[[nn.Module, int], None] | None = None,
-    extra_state: dict | None = None,
-) -> nn.Module:
-    """Train `model` for cfg.iterations steps on `train_set` and return it.
-
-    Args:
-        loss_fn: (logits (N, C, H, W), target (N, H, W)) -> 0-dim loss, applied to both heads.
-        checkpoint_dir: where `latest.pth` (every cfg.checkpoint_every iterations and at the
-            end) is written; None writes nothing.
-        resume: a checkpoint written by fit; training continues at its iteration exactly.
-        on_eval: called as on_eval(model, iteration) every cfg.eval_every iterations and at
-            the end (the caller evaluates and records; the model is put back in train mode).
-        extra_state: saved into every checkpoint (e.g. the resolved config).
-
-    Raises NonFiniteLossError when the loss becomes NaN or inf.
-    """
-    device = torch.device(device)
+def setup_training(
+    model: nn.Module, cfg: FitConfig, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """(what the training steps call, the optimizer): the model moved to `device`, under
+    torch.distributed wrapped in DDP, which averages the gradients over the processes."""
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    rank, world_size = process_rank()
-    net = model  # what the training steps call: under DDP the wrapper that averages gradients
-    if world_size > 1:
+    net = model
+    if process_rank()[1] > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    optimizer = make_optimizer(model, cfg)
-    start = 0
-    if resume is not None:
-        checkpoint = torch.load(resume, map_location=device, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start = checkpoint["iteration"]
-        set_rng_state(checkpoint["rng"])
+    return net, make_optimizer(model, cfg)
+
+
+def train_batches(train_set, cfg: FitConfig, device: torch.device, start: int = 0):
+    """The batch stream from iteration `start` on; this process's share under DDP."""
+    rank, world_size = process_rank()
     loader = train_loader(
         train_set,
         cfg.batch_size,
@@ -206,26 +182,29 @@ def fit(
         rank=rank,
         world_size=world_size,
     )
+    return iter(loader)
+
+
+def train_steps(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    batches,
+    cfg: FitConfig,
+    device: torch.device,
+    start: int,
+    stop: int,
+) -> None:
+    """Train iterations [start, stop) of cfg.iterations on batches from `train_batches`.
+
+    loss_fn: (logits (N, C, H, W), target (N, H, W)) -> 0-dim loss, applied to both heads.
+    Raises NonFiniteLossError when the loss becomes NaN or inf (on every process at once)."""
+    rank, world_size = process_rank()
     autocast = device.type == "cuda" and cfg.amp
     verbose = not cfg.quiet and cfg.log_every > 0 and rank == 0
-
-    def checkpoint(iteration: int) -> None:
-        if checkpoint_dir is None or rank != 0:
-            return
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "iteration": iteration,
-            "rng": rng_state(),
-            "fit_config": asdict(cfg),
-            **(extra_state or {}),
-        }
-        save_checkpoint(Path(checkpoint_dir) / "latest.pth", state)
-
-    model.train()
-    batches = iter(loader)
     started, loss_sum, loss_count = time.perf_counter(), 0.0, 0
-    for iteration in range(start, cfg.iterations):
+    net.train()
+    for iteration in range(start, stop):
         lr = lr_at(cfg, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
@@ -249,25 +228,28 @@ def fit(
 
         done = iteration + 1
         if verbose and (done % cfg.log_every == 0 or done == cfg.iterations):
-            elapsed = time.perf_counter() - started
-            rate = (done - start) / elapsed
-            eta = (cfg.iterations - done) / rate
+            rate = (done - start) / (time.perf_counter() - started)
             print(
                 f"iter {done}/{cfg.iterations}  loss {loss_sum / loss_count:.4f}  lr {lr:.5f}  "
-                f"{rate:.2f} it/s  eta {_format_seconds(eta)}",
+                f"{rate:.2f} it/s  eta {_format_seconds((cfg.iterations - done) / rate)}",
                 flush=True,
             )
             loss_sum, loss_count = 0.0, 0
-        # evaluate before the checkpoint: a checkpoint at k means the evaluation at k is done
-        if on_eval is not None and cfg.eval_every and done % cfg.eval_every == 0:
-            if done < cfg.iterations:
-                on_eval(model, done)
-                model.train()
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            checkpoint(done)
-    checkpoint(cfg.iterations)
-    if on_eval is not None:
-        on_eval(model, cfg.iterations)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable,
+    train_set: torch.utils.data.Dataset,
+    cfg: FitConfig,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Train `model` from scratch for cfg.iterations steps on `train_set` and return it (a proxy
+    trial; retrain/train.py runs the same steps between evaluations and checkpoints)."""
+    device = torch.device(device)
+    net, optimizer = setup_training(model, cfg, device)
+    batches = train_batches(train_set, cfg, device)
+    train_steps(net, optimizer, loss_fn, batches, cfg, device, 0, cfg.iterations)
     return model
 
 

@@ -10,11 +10,12 @@ from surrogates.curves import (
     raw_to_control,
 )
 from surrogates.losses import build_loss, list_losses
-from surrogates.metrics import SegMetrics
+from surrogates.metrics import METRIC_COLUMNS, SegMetrics
 from surrogates.surrogate import METRICS, SurrogateLoss
 
 __all__ = [
     "METRICS",
+    "METRIC_COLUMNS",
     "PRESETS",
     "SegMetrics",
     "SurrogateLoss",

@@ -16,6 +16,12 @@ import torch
 from surrogates.boundary import dilate, label_edges, one_hot_masked
 
 _FIELDS = ("confmat", "bconfmat", "edges", "image_sums", "image_counts")
+# The numbers compute() returns, in the column order of every run file (trials.csv, metrics.csv):
+# the six target metrics of the search (surrogates.METRICS), then three summaries.
+METRIC_COLUMNS = (
+    *("miou", "fwiou", "biou", "macc", "gacc", "bf1"),
+    *("mdice", "miou_image", "bf1_image"),
+)
 
 
 class SegMetrics:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import blob_target
 
-from surrogates import SegMetrics
+from surrogates import METRIC_COLUMNS, METRICS, SegMetrics
 from surrogates.boundary import label_edges
 
 
@@ -226,3 +226,11 @@ def test_str_prints_a_table():
     metrics.update(torch.tensor([BOUNDARY_PRED]), torch.tensor([BOUNDARY_TARGET]))
     text = str(metrics)
     assert "IoU" in text and "bf1" in text and len(text.splitlines()) == 4
+
+
+def test_metric_columns_are_the_numbers_compute_returns():
+    metrics = SegMetrics(3)
+    metrics.update(torch.tensor([[[0, 1], [2, 2]]]), torch.tensor([[[0, 1], [2, 1]]]))
+    results = metrics.compute()
+    assert set(METRIC_COLUMNS) == set(results) - {"per_class"}
+    assert METRIC_COLUMNS[:6] == METRICS  # the run files' first six: the target metrics

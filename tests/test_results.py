@@ -10,10 +10,10 @@ import pytest
 from nbclient import NotebookClient
 from test_searcher import drive, tiny_config, toy_result, tune_searcher
 
+from experiments.config import to_yaml
 from results import compare, load_retrain, load_search, plots
 from retrain import run as retrain_run
-from search.config import to_yaml
-from search.searcher import trial_raw
+from search.space import raw_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     searcher = tune_searcher(tiny_config(root), partial)
     for i in range(6):  # step 1 and two trials of step 2
         config = searcher.suggest(f"t{i}")
-        searcher.on_trial_complete(f"t{i}", toy_result(trial_raw(config)))
+        searcher.on_trial_complete(f"t{i}", toy_result(raw_of(config)))
 
     tiny = [
         "data.params={size: 32, train: 48, holdout: 12, val: 8, test: 4}",
@@ -64,7 +64,10 @@ def test_load_a_finished_and_a_partial_search(runs):
 def test_load_a_retrain_and_compare_runs(runs):
     run = load_retrain(runs["retrain"])
     assert list(run.metrics.iteration) == [10, 20] and run.final["iteration"] == 20
-    assert run.target == "miou" and "| ce |" in run.comparison
+    assert run.target == "miou" and list(run.comparison["losses"]) == ["ce", "miou_bezier"]
+    assert run.comparison["losses"]["miou_bezier"]["miou"] == pytest.approx(run.final["miou"])
+    bars = plots.comparison_table(run.comparison)  # what the bar chart draws, in %
+    assert bars.loc["miou_bezier", "miou"] == pytest.approx(100 * run.final["miou"])
     table = compare([runs["finished"], runs["partial"], runs["retrain"]])
     assert list(table.kind) == ["search", "search", "retrain"]
     assert list(table.finished) == [True, False, True]

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_searcher import drive, tiny_config, tune_searcher
 
 from retrain.config import find_file, resolve
-from retrain.train import make_loss
+from retrain.train import evaluation_points, make_loss
 from surrogates import METRICS, PRESETS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +69,24 @@ def test_shapes_profile_and_ce_file(tmp_path):
     assert make_loss(stated, 7).num_classes == 7  # a file may state the class count
 
 
+def test_the_loop_stops_at_every_evaluation_and_checkpoint_and_at_the_end():
+    assert evaluation_points(0, 30, [10, 10]) == [10, 20, 30]
+    assert evaluation_points(0, 2000, [500, 300]) == [
+        300,
+        500,
+        600,
+        900,
+        1000,
+        1200,
+        1500,
+        1800,
+        2000,
+    ]
+    assert evaluation_points(1000, 2000, [500, 0]) == [1500, 2000]  # resumed at 1000
+    assert evaluation_points(0, 25, [0, 0]) == [25]
+    assert evaluation_points(30, 30, [10, 10]) == []  # a checkpoint of the finished run
+
+
 def test_retrain_a_search_export(tmp_path):
     search_dir = tmp_path / "search"
     search_dir.mkdir()
@@ -82,7 +101,12 @@ def test_retrain_a_search_export(tmp_path):
     assert final["iteration"] == 30 and all(0 <= final[m] <= 1 for m in METRICS)
     searched = json.loads((search_dir / "summary.json").read_text())["theta"]
     assert final["loss"]["theta"] == pytest.approx(searched, abs=1e-7)
-    assert (run_dir / "checkpoints" / "latest.pth").is_file()
+    # the checkpoint loads with weights_only and carries the resolved config it was trained with
+    checkpoint = torch.load(run_dir / "checkpoints" / "latest.pth", weights_only=True)
+    assert (
+        checkpoint["iteration"] == 30 and checkpoint["config"]["retrain"]["fit"]["iterations"] == 30
+    )
+    assert checkpoint["config"]["loss"]["theta"] == pytest.approx(searched, abs=1e-7)
     assert "[retrain] done in" in done.stdout
 
 
@@ -144,6 +168,9 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
         (["--resume", "/tmp"], "is not a retrain run folder"),
         (["miou_bezier.yaml", "retrain.prediction=argmax"], "unknown retrain.prediction"),
         (["miou_bezier.yaml", "loss.num_classes=21"], "num_classes=21 but shapes has 7 classes"),
+        (["miou_bezier.yaml", "retrain.fit.iterations=-5"], "retrain.fit.iterations must be > 0"),
+        (["miou_bezier.yaml", "retrain.fit.lr=nan"], "retrain.fit.lr must be a finite number"),
+        (["miou_bezier.yaml", "retrain.model_args={width:32}"], r"write \{width: 32\}"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
@@ -155,8 +182,26 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert not (tmp_path / "results").exists()
 
 
-def test_a_file_without_a_loss_section_is_rejected(tmp_path):
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("data: {name: shapes}\n", "expected a 'loss:' mapping"),
+        ("loss: {name: ce}\nretrain: 5\n", "'retrain' must be a mapping, got 5"),
+        ("loss: {name: ce}\nsearch: [1, 2]\n", "'search' must be a mapping"),
+        ("loss: {name: ce}\nname: [a]\n", "'name' must be a string"),
+        ("loss: {name: surrogate, metric: miou, theta:identity}\n", "'theta:identity' has no"),
+    ],
+)
+def test_a_file_with_a_section_of_the_wrong_type_is_rejected(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: {name: shapes}\n")
+    bad.write_text(text)
     done = retrain([str(bad)], tmp_path / "results", tmp_path / "data")
-    assert done.returncode == 2 and "expected a 'loss:' mapping" in done.stderr
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
+
+
+def test_a_file_may_name_its_dataset_as_a_plain_word(tmp_path):
+    short = tmp_path / "short.yaml"
+    short.write_text("loss: {name: ce}\ndata: shapes\n")
+    cfg = resolve(short, {}, str(tmp_path))
+    assert cfg.data.name == "shapes" and cfg.retrain.model == "lite"  # the shapes profile

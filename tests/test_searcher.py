@@ -7,11 +7,18 @@ import math
 
 import pytest
 
+from experiments.config import ConfigError
 from search import config as configs
-from search.config import ConfigError
-from search.controllers import CONTROLLERS, RandomController
+from search.controllers import (
+    RandomController,
+    build_controller,
+    list_controllers,
+    ppo,
+    register_controller,
+)
 from search.ppo import PPOConfig
-from search.searcher import StepSearcher, initial_raw, raw_space, trial_raw
+from search.searcher import StepSearcher, raw_space
+from search.space import initial_raw, raw_of
 from surrogates import SurrogateLoss
 
 TINY = {"ppo.steps": "2", "ppo.samples": "4", "search.confirm_top_k": "2", "search.seed": "5"}
@@ -48,7 +55,7 @@ def drive(searcher, results=toy_result, limit=100):
             assert config == "FINISHED"
             return suggested
         trial_id, config = running.pop(0)
-        searcher.on_trial_complete(trial_id, results(trial_raw(config)))
+        searcher.on_trial_complete(trial_id, results(raw_of(config)))
         assert len(suggested) < limit
 
 
@@ -60,14 +67,14 @@ def read_csv(path):
 def test_default_search_on_voc_rewards_on_train_images_the_proxy_never_sees(tmp_path):
     import fixtures_datasets as fx
 
-    from search.run import check_runs
+    from search.run import check_builds
     from search.trial import build_datasets
 
     fx.make_voc(tmp_path, {"train": [f"2007_{n:06d}" for n in range(12)], "val": ["2008_000001"]})
     cfg = configs.resolve("miou", {"data": "voc"}, data_root=str(tmp_path))
     assert cfg.search.reward_split == "holdout"  # SPEC B4's default, also on VOC
     assert cfg.proxy.cat_max_ratio == 0.75 and cfg.proxy.crop_size == 128  # A§5
-    check_runs(cfg)  # what `./launch.sh search miou` checks first: no error
+    check_builds(cfg)  # what `./launch.sh search miou` checks first: no error
     train_set, reward_set = build_datasets(cfg)
     assert len(train_set) == 10 and reward_set.ids == ["2007_000000", "2007_000010"]
     assert not set(train_set.ids) & set(reward_set.ids)
@@ -113,6 +120,32 @@ def test_config_layers_and_errors(tmp_path):
     assert tiny_config(tmp_path, **{"proxy.model_args.width": "8"}).proxy.model_args["width"] == 8
 
 
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("proxy.model_args", "{width:32}", r"'width:32' has no value; write \{width: 32\}"),
+        ("data.params", "{size: 32, train}", r"'train' has no value"),
+        ("ppo.lr", "nan", "ppo.lr must be a finite number, got nan"),
+        ("search.failure_reward", "-inf", "must be a finite number"),
+        ("ppo.sigma", "0", r"ppo.sigma must be > 0, got 0"),
+        ("ppo.samples", "1", "ppo.samples must be >= 2"),
+        ("proxy.fit.iterations", "-5", "proxy.fit.iterations must be > 0, got -5"),
+        ("proxy.fit.momentum", "1.5", r"proxy.fit.momentum must be in \[0, 1\]"),
+        ("search.region_weight", "-0.5", r"search.region_weight must be in \[0, 1\]"),
+        ("search.tolerance", "-1", "search.tolerance must be >= 0"),
+        ("proxy.ratio_range", "[0, 2]", r"proxy.ratio_range must be > 0, got \[0.0, 2.0\]"),
+    ],
+)
+def test_values_out_of_range_or_without_a_value_are_config_errors(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(tmp_path, **{key: value})
+
+
+def test_an_explicit_null_in_a_mapping_is_still_allowed(tmp_path):
+    cfg = tiny_config(tmp_path, **{"proxy.model_args": "{width: 8, pretrained_backbone: null}"})
+    assert cfg.proxy.model_args == {"width": 8, "pretrained_backbone": None}
+
+
 def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
     cfg = tiny_config(tmp_path)
     searcher = tune_searcher(cfg, tmp_path)
@@ -120,7 +153,7 @@ def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
     search = [c for c in suggested if c["phase"] == "search"]
     confirm = [c for c in suggested if c["phase"] == "confirm"]
     assert len(search) == 2 * 4
-    assert trial_raw(search[0]) == pytest.approx(initial_raw("miou"))  # step 1's mean: the identity
+    assert raw_of(search[0]) == pytest.approx(initial_raw("miou"))  # step 1's mean: the identity
     assert all(c["seed"] == 5 for c in search)  # one training seed for every sample
     # final mean + top-2 distinct samples + identity, two new seeds each
     names = sorted({c["candidate"] for c in confirm})
@@ -133,8 +166,8 @@ def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
     assert float(policy[1]["mu_0"]) > 0.25  # the toy reward prefers a larger first coordinate
     summary = json.loads((tmp_path / "summary.json").read_text())
     # noise-free toy: the best candidate is the one with the largest first coordinate
-    best = max(confirm, key=lambda c: toy_result(trial_raw(c))["miou"])
-    assert summary["raw"] == pytest.approx(trial_raw(best))
+    best = max(confirm, key=lambda c: toy_result(raw_of(c))["miou"])
+    assert summary["raw"] == pytest.approx(raw_of(best))
     assert summary["reward"] > summary["identity_reward"]
     loss = SurrogateLoss.from_file(tmp_path / "miou_bezier.yaml", num_classes=7)
     assert loss.theta == pytest.approx(summary["theta"], abs=1e-7)
@@ -151,7 +184,7 @@ def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
 
     jobs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
     assert searcher.suggest("t9") is None  # the step is handed out: wait for results
-    raws = {k: trial_raw(c) for k, c in jobs.items()}
+    raws = {k: raw_of(c) for k, c in jobs.items()}
     failed = max(raws, key=lambda k: raws[k][0])
     for trial_id in jobs:
         searcher.on_trial_complete(trial_id, results(raws[trial_id]))
@@ -177,7 +210,7 @@ def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
     assert not (tmp_path / "policy.csv").exists()
 
 
-@pytest.mark.parametrize("controller", CONTROLLERS)
+@pytest.mark.parametrize("controller", list_controllers())
 def test_save_and_restore_mid_step_continue_identically(tmp_path, controller):
     cfg = tiny_config(tmp_path, **{"search.controller": controller})
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
@@ -187,14 +220,14 @@ def test_save_and_restore_mid_step_continue_identically(tmp_path, controller):
     for i in range(6):  # step 1 done, two of step 2 handed out, one finished
         config = interrupted.suggest(f"t{i}")
         if i < 5:
-            interrupted.on_trial_complete(f"t{i}", toy_result(trial_raw(config)))
+            interrupted.on_trial_complete(f"t{i}", toy_result(raw_of(config)))
     interrupted.save(str(tmp_path / "state.pkl"))
     resumed = tune_searcher(cfg, tmp_path / "b")
     resumed.restore(str(tmp_path / "state.pkl"))
     assert list(resumed.running) == ["t5"]  # Tune re-runs it under its id
     resumed.on_trial_complete("t5", toy_result(resumed.running["t5"]["raw"]))
     rest = drive(resumed)
-    assert [trial_raw(c) for c in rest] == [trial_raw(c) for c in reference[6:]]
+    assert [raw_of(c) for c in rest] == [raw_of(c) for c in reference[6:]]
     policy = read_csv(tmp_path / "b" / "policy.csv")
     assert policy == read_csv(tmp_path / "a" / "policy.csv")
     assert not math.isnan(float(policy[-1]["mu_0"]))
@@ -205,13 +238,13 @@ def test_other_controllers_search_confirm_and_export(tmp_path, controller):
     cfg = tiny_config(tmp_path, **{"search.controller": controller})
     suggested = drive(tune_searcher(cfg, tmp_path))
     search = [c for c in suggested if c["phase"] == "search"]
-    assert len(search) == 2 * 4 and trial_raw(search[0]) == pytest.approx(initial_raw("miou"))
-    assert all(0 <= v <= 1 for c in search for v in trial_raw(c))
-    assert len({tuple(trial_raw(c)) for c in search}) >= 7  # only the identity repeats
+    assert len(search) == 2 * 4 and raw_of(search[0]) == pytest.approx(initial_raw("miou"))
+    assert all(0 <= v <= 1 for c in search for v in raw_of(c))
+    assert len({tuple(raw_of(c)) for c in search}) >= 7  # only the identity repeats
     # the controller's choice (best sample so far) is confirmed along with the top-k
-    best_search = max(search, key=lambda c: toy_result(trial_raw(c))["miou"])
-    confirmed = [trial_raw(c) for c in suggested if c["phase"] == "confirm"]
-    assert trial_raw(best_search) in confirmed
+    best_search = max(search, key=lambda c: toy_result(raw_of(c))["miou"])
+    confirmed = [raw_of(c) for c in suggested if c["phase"] == "confirm"]
+    assert raw_of(best_search) in confirmed
     loss = SurrogateLoss.from_file(tmp_path / "miou_bezier.yaml", num_classes=7)
     assert loss.metric == "miou" and len(read_csv(tmp_path / "policy.csv")) == 2
 
@@ -226,8 +259,8 @@ def test_optuna_controllers_sample_the_space_tune_hands_over(tmp_path, controlle
     assert searcher.set_search_properties(None, None, narrow)
     configs_ = [searcher.suggest(f"t{i}") for i in range(4)]
     assert "raw" not in configs_[0] and set(narrow) <= set(configs_[0])  # Tune fills these keys
-    assert trial_raw(configs_[0]) == pytest.approx(initial_raw("miou"))  # the identity first
-    assert all(0 <= v <= 0.25 for c in configs_[1:] for v in trial_raw(c))
+    assert raw_of(configs_[0]) == pytest.approx(initial_raw("miou"))  # the identity first
+    assert all(0 <= v <= 0.25 for c in configs_[1:] for v in raw_of(c))
 
 
 def test_random_controller_samples_the_initial_policy_or_uniformly():
@@ -242,3 +275,14 @@ def test_random_controller_samples_the_initial_policy_or_uniformly():
         mu = init[0]
         law = stats.uniform() if uniform else stats.truncnorm(-mu / 0.2, (1 - mu) / 0.2, mu, 0.2)
         assert stats.kstest(first, law.cdf).pvalue > 1e-3
+
+
+def test_controllers_are_built_by_name():
+    assert list_controllers() == ["cmaes", "ppo", "random", "tpe"]
+    assert build_controller("ppo", initial_raw("miou"), PPOConfig(), 0).mean == pytest.approx(
+        initial_raw("miou")
+    )
+    with pytest.raises(ValueError, match="unknown controller 'ppoo'.*did you mean 'ppo'"):
+        build_controller("ppoo", initial_raw("miou"), PPOConfig(), 0)
+    with pytest.raises(ValueError, match="already registered under the name 'ppo'"):
+        register_controller(ppo)
