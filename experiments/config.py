@@ -167,9 +167,21 @@ def set_key(config, key: str, value: str, open_keys: tuple[str, ...]) -> None:
         raise ConfigError(str(unknown_name("config key", key, _leaf_keys(config, open_keys))))
     try:
         check_values_present(yaml.compose(value), key)
-        parent[leaf] = yaml.safe_load(value) if value else ""
+        parent[leaf] = _parse_value(value)
     except (OmegaConfBaseException, yaml.YAMLError) as error:
         raise ConfigError(f"bad value for {key}: '{value}' ({_describe(error)})") from None
+
+
+def _parse_value(text: str):
+    """A command-line value as YAML; PyYAML's YAML 1.1 reads 1e-4, nan and inf as strings,
+    which are numbers here."""
+    value = yaml.safe_load(text) if text else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def check_values_present(node, where: str) -> None:

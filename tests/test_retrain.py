@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_searcher import drive, tiny_config, tune_searcher
 
+from experiments.config import ConfigError
 from retrain.config import find_file, resolve
 from retrain.train import evaluation_points, make_loss
 from surrogates import METRICS, PRESETS
@@ -32,9 +33,12 @@ TINY = [
 
 
 def retrain(args, results, data_root, **popen):
-    command = [str(REPO / "launch.sh"), "retrain", *args, f"--results={results}"]
+    """./launch.sh retrain FILE [NUM_GPUS] with the TINY settings, then the test's own words
+    (which override them)."""
     if args and args[0] != "--resume":
-        command += [f"data.root={data_root}", *TINY]
+        head = 2 if len(args) > 1 and args[1].isdigit() else 1
+        args = [*args[:head], f"data.root={data_root}", *TINY, *args[head:]]
+    command = [str(REPO / "launch.sh"), "retrain", *args, f"--results={results}"]
     if popen:
         return subprocess.Popen(command, text=True, **popen)
     return subprocess.run(command, text=True, capture_output=True, timeout=600)
@@ -198,6 +202,11 @@ def test_a_file_with_a_section_of_the_wrong_type_is_rejected(tmp_path, text, mes
     done = retrain([str(bad)], tmp_path / "results", tmp_path / "data")
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
+
+
+def test_a_negative_iteration_count_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="retrain.fit.iterations must be > 0, got -5"):
+        resolve(find_file("miou_bezier"), {"retrain.fit.iterations": "-5"}, str(tmp_path))
 
 
 def test_a_file_may_name_its_dataset_as_a_plain_word(tmp_path):
