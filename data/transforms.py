@@ -6,7 +6,8 @@ with nearest neighbour, padded with the ignore label 255 and left alone by photo
 
 Presets (keyword-only, like torchvision's references/segmentation/presets.py):
     train_transforms   random rescale (ratio range) -> random crop padded with 255 -> flip ->
-                       photometric distortion (the mmseg VOC pipeline of SPEC A§5-6)
+                       photometric distortion (the mmseg VOC pipeline of SPEC A§5-6, mmseg's
+                       definition: no channel swaps)
     eval_transforms    resize to fit `scale` keeping the aspect ratio -> centre crop: the proxy
                        reward protocol (A§5: fit (512, 128), crop 128)
     whole_image_transforms  resize the image only; the prediction is resized back to the label
@@ -21,6 +22,7 @@ handling, a tenth of a CPU proxy step at batch 16.
 from collections.abc import Callable
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -104,6 +106,99 @@ class RandomHorizontalFlip:
         return image, target
 
 
+class PhotometricDistortion:
+    """mmseg's PhotoMetricDistortion (the reference's VOC and Cityscapes pipelines, SPEC A§5-6)
+    on a uint8 (3, H, W) image. Each step runs with probability 0.5 and ends in uint8 (clipped,
+    then truncated, as mmseg's `convert`):
+
+        brightness   + b,  b ~ U(-32, 32)
+        contrast     * a,  a ~ U(0.5, 1.5)       before the two HSV steps or after them (50/50)
+        saturation   S * a, a ~ U(0.5, 1.5)      in OpenCV's uint8 HSV
+        hue          H + k mod 180, k an integer in [-18, 18)   (OpenCV's H unit is 2 degrees)
+
+    Colour channels are never swapped: torchvision's RandomPhotometricDistort permutes them,
+    mmdet's version did, mmseg's does not. The labels are left alone."""
+
+    def __init__(
+        self,
+        brightness_delta: float = 32,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: int = 18,
+    ):
+        self.brightness_delta = brightness_delta
+        self.contrast_range, self.saturation_range = contrast_range, saturation_range
+        self.hue_delta = hue_delta
+
+    def __call__(self, image, target):
+        pixels = image.as_subclass(torch.Tensor)
+        if _coin():
+            pixels = scale_shift(
+                pixels, beta=_uniform(-self.brightness_delta, self.brightness_delta)
+            )
+        contrast_first = _coin()
+        if contrast_first and _coin():
+            pixels = scale_shift(pixels, alpha=_uniform(*self.contrast_range))
+        if _coin():
+            hsv = rgb_to_hsv(pixels)
+            hsv[1] = scale_shift(hsv[1], alpha=_uniform(*self.saturation_range))
+            pixels = hsv_to_rgb(hsv)
+        if _coin():
+            hsv = rgb_to_hsv(pixels)
+            delta = self.hue_delta
+            shift = int(torch.randint(-delta, delta, ())) if delta else 0
+            hsv[0] = (hsv[0].long() + shift) % 180
+            pixels = hsv_to_rgb(hsv)
+        if not contrast_first and _coin():
+            pixels = scale_shift(pixels, alpha=_uniform(*self.contrast_range))
+        return tv_tensors.Image(pixels), target
+
+
+def _coin() -> bool:
+    return bool(torch.randint(0, 2, ()))  # torch RNG: seeded per sample
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+def scale_shift(pixels: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+    """uint8 -> alpha * x + beta, clipped to [0, 255] and truncated to uint8 (mmseg's convert)."""
+    return (pixels.float() * alpha + beta).clamp_(0, 255).to(torch.uint8)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) RGB -> uint8 HSV in OpenCV's ranges: H in [0, 180) (2 degrees a unit),
+    S and V in [0, 255], each rounded to the nearest integer."""
+    x = rgb.float()
+    value, low = x.max(0).values, x.min(0).values
+    chroma = value - low
+    saturation = torch.where(value > 0, 255 * chroma / value.clamp(min=1), 0)
+    r, g, b = x
+    safe = chroma.clamp(min=1)
+    hue = torch.where(
+        value == r,
+        60 * (g - b) / safe,
+        torch.where(value == g, 120 + 60 * (b - r) / safe, 240 + 60 * (r - g) / safe),
+    )
+    hue = torch.where(chroma > 0, hue % 360, 0)
+    hsv = torch.stack([(hue / 2).round() % 180, saturation.round(), value])
+    return hsv.to(torch.uint8)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of `rgb_to_hsv`: uint8 OpenCV-range HSV -> uint8 RGB, rounded."""
+    hue, saturation, value = hsv.float()
+    sector = hue * 2 / 60  # (H, W) in [0, 6)
+    # f(n) = V - V S max(0, min(k, 4 - k, 1)) with k = (n + H / 60) mod 6: R, G, B for n = 5, 3, 1
+    channels = []
+    for n in (5, 3, 1):
+        k = (n + sector) % 6
+        weight = torch.minimum(torch.minimum(k, 4 - k), torch.ones_like(k)).clamp(min=0)
+        channels.append(value - value * saturation / 255 * weight)
+    return torch.stack(channels).round().clamp(0, 255).to(torch.uint8)
+
+
 class Normalize:
     """uint8 image -> float32, ImageNet-normalised; labels -> int64. Plain tensors out."""
 
@@ -137,7 +232,7 @@ def train_transforms(
     if flip:
         steps.append(RandomHorizontalFlip(0.5))
     if photometric:
-        steps.append(v2.RandomPhotometricDistort(p=0.5))
+        steps.append(PhotometricDistortion())
     return v2.Compose(steps + _finish())
 
 

@@ -9,7 +9,17 @@ import data
 import data.shapes as shapes_module
 from data.shapes import CLASS_NAMES, Shapes, ShapesParams, render
 from data.torchvision_compat import torchvision  # noqa: F401
-from data.transforms import MEAN, STD, eval_transforms, train_transforms, whole_image_transforms
+from data.transforms import (
+    MEAN,
+    STD,
+    PhotometricDistortion,
+    eval_transforms,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    scale_shift,
+    train_transforms,
+    whole_image_transforms,
+)
 
 SMALL = dict(size=32, train=40, holdout=8, val=8, test=8)
 
@@ -149,6 +159,68 @@ def test_cat_max_ratio_redraws_crops_that_one_class_dominates():
     x, y = RandomCrop(16, 0.75)(image, tv_tensors.Mask(torch.zeros(32, 32, dtype=torch.int64)))
     assert x.shape == (3, 16, 16) and y.shape == (16, 16)
     assert RandomCrop(8, 0.75)(image, tv_tensors.Mask(torch.full((32, 32), 255)))[1].shape == (8, 8)
+
+
+def _pixel(r, g, b):
+    return torch.tensor([r, g, b], dtype=torch.uint8).view(3, 1, 1)
+
+
+def test_photometric_steps_by_hand():
+    # mmseg's convert: clip to [0, 255], then truncate to uint8
+    assert scale_shift(_pixel(100, 250, 3), beta=20.7).flatten().tolist() == [120, 255, 23]
+    assert scale_shift(_pixel(100, 200, 3), alpha=1.5).flatten().tolist() == [150, 255, 4]
+    assert scale_shift(_pixel(100, 200, 3), beta=-10).flatten().tolist() == [90, 190, 0]
+    # OpenCV's uint8 HSV: H in 2-degree units
+    assert rgb_to_hsv(_pixel(255, 0, 0)).flatten().tolist() == [0, 255, 255]
+    assert rgb_to_hsv(_pixel(0, 255, 0)).flatten().tolist() == [60, 255, 255]
+    assert rgb_to_hsv(_pixel(0, 0, 128)).flatten().tolist() == [120, 255, 128]
+    assert rgb_to_hsv(_pixel(90, 90, 90)).flatten().tolist() == [0, 0, 90]
+    # a hue shift of 60 units (120 degrees) turns red into green; saturation halved (truncated
+    # to 127) turns it pink
+    assert hsv_to_rgb(
+        torch.tensor([60, 255, 255], dtype=torch.uint8).view(3, 1, 1)
+    ).flatten().tolist() == [0, 255, 0]
+    pink = hsv_to_rgb(torch.tensor([0, 127, 255], dtype=torch.uint8).view(3, 1, 1))
+    assert pink.flatten().tolist() == [255, 128, 128]
+
+
+def test_hsv_round_trip_agrees_with_colorsys():
+    import colorsys
+
+    rgb = torch.randint(0, 256, (3, 40, 40), generator=torch.Generator().manual_seed(0))
+    rgb = rgb.to(torch.uint8)
+    hsv = rgb_to_hsv(rgb)
+    for r, g, b in rgb.flatten(1).T[:200].tolist():
+        h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+        ours = rgb_to_hsv(_pixel(r, g, b)).flatten().tolist()
+        assert abs(ours[0] - round(h * 180) % 180) <= 1 and abs(ours[1] - s * 255) <= 0.5 + 1e-9
+        assert ours[2] == round(v * 255)
+    # uint8 HSV loses a little, as OpenCV's: half a 2-degree hue unit is up to 255 / 60 levels
+    assert (hsv_to_rgb(hsv).int() - rgb.int()).abs().max() <= 5
+
+
+def test_photometric_distortion_never_swaps_channels():
+    # without hue and saturation changes every step is the same monotone map on each channel,
+    # so a pixel with R > G > B keeps that order in every draw (torchvision's version permutes
+    # the channels in about half of its draws)
+    image = tv_tensors.Image(_pixel(180, 120, 60).expand(3, 4, 4).clone())
+    distort = PhotometricDistortion(hue_delta=0, saturation_range=(1.0, 1.0))
+    changed = 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        out, _ = distort(image, None)
+        r, g, b = out[:, 0, 0].tolist()
+        assert r >= g >= b and out.dtype == torch.uint8
+        changed += [r, g, b] != [180, 120, 60]
+    assert 100 < changed < 200  # most draws change something, about 1 in 8 nothing at all
+    # the hue alone moves by at most 18 units (36 degrees) each way, around the circle
+    hue_only = PhotometricDistortion(
+        brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1)
+    )
+    torch.manual_seed(0)
+    hues = [int(rgb_to_hsv(hue_only(image, None)[0])[0, 0, 0]) for _ in range(300)]
+    moves = {(h - 15 + 90) % 180 - 90 for h in hues}  # the input's hue is 15 (30 degrees)
+    assert min(moves) <= -16 and max(moves) >= 15 and all(-19 <= m <= 18 for m in moves)
 
 
 def test_rescale_and_eval_presets_sizes():
