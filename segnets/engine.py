@@ -51,7 +51,7 @@ class FitConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     poly_power: float = 0.9  # lr = (lr - min_lr) * (1 - it / iterations) ** power + min_lr
-    min_lr: float = 1e-4
+    min_lr: float = 1e-4  # where every parameter group ends, heads included (mmcv)
     warmup_iterations: int = 0  # linear warm-up from 0 over this many iterations
     aux_weight: float = 0.4  # weight of the auxiliary head's loss (when the model has one)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -64,9 +64,12 @@ class FitConfig:
     quiet: bool = False  # no progress lines (proxy trials)
 
 
-def lr_at(cfg: FitConfig, iteration: int) -> float:
-    """Base learning rate at an iteration: poly decay to min_lr, linear warm-up first."""
-    lr = (cfg.lr - cfg.min_lr) * (1 - iteration / cfg.iterations) ** cfg.poly_power + cfg.min_lr
+def lr_at(cfg: FitConfig, iteration: int, lr_mult: float = 1.0) -> float:
+    """Learning rate of a parameter group at an iteration: poly decay from lr * lr_mult down to
+    min_lr, linear warm-up first. Every group ends at min_lr, the 10x heads too (mmcv's
+    PolyLrUpdaterHook decays each group's own initial lr to the one min_lr)."""
+    start = cfg.lr * lr_mult
+    lr = (start - cfg.min_lr) * (1 - iteration / cfg.iterations) ** cfg.poly_power + cfg.min_lr
     if iteration < cfg.warmup_iterations:
         lr *= (iteration + 1) / cfg.warmup_iterations
     return lr
@@ -205,9 +208,8 @@ def train_steps(
     started, loss_sum, loss_count = time.perf_counter(), 0.0, 0
     net.train()
     for iteration in range(start, stop):
-        lr = lr_at(cfg, iteration)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+            group["lr"] = lr_at(cfg, iteration, group["lr_mult"])
         images, target = next(batches)
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
@@ -230,7 +232,8 @@ def train_steps(
         if verbose and (done % cfg.log_every == 0 or done == cfg.iterations):
             rate = (done - start) / (time.perf_counter() - started)
             print(
-                f"iter {done}/{cfg.iterations}  loss {loss_sum / loss_count:.4f}  lr {lr:.5f}  "
+                f"iter {done}/{cfg.iterations}  loss {loss_sum / loss_count:.4f}  "
+                f"lr {lr_at(cfg, iteration):.5f}  "
                 f"{rate:.2f} it/s  eta {_format_seconds((cfg.iterations - done) / rate)}",
                 flush=True,
             )

@@ -62,6 +62,10 @@ def test_lr_schedule_by_hand():
     assert lr_at(cfg, 0) == pytest.approx(0.02 / 10)  # first warm-up step
     assert lr_at(cfg, 50) == pytest.approx((0.02 - 1e-4) * 0.5**0.9 + 1e-4)
     assert lr_at(FitConfig(iterations=100, lr=0.02, min_lr=1e-4), 100) == pytest.approx(1e-4)
+    # the heads (x10) decay from 0.2 to the same min_lr, as mmcv's poly schedule, not to 1e-3
+    heads = FitConfig(iterations=100, lr=0.02, min_lr=1e-4)
+    assert lr_at(heads, 50, lr_mult=10) == pytest.approx((0.2 - 1e-4) * 0.5**0.9 + 1e-4)
+    assert lr_at(heads, 100, lr_mult=10) == pytest.approx(1e-4)
 
 
 def test_heads_get_the_learning_rate_multiplier():
