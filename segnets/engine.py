@@ -217,7 +217,8 @@ def train_steps(
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = net(images)
-        # the surrogates compute in float32 themselves; cross-entropy gets float32 logits here
+        # our models' classifiers make float32 logits inside autocast (segnets.models.Classifier):
+        # the loss never sees bf16-rounded ones; .float() covers a model that does not
         outputs = {k: v.float() for k, v in outputs.items()}
         loss = compute_loss(outputs, target, loss_fn, cfg.aux_weight)
         value = _mean_over_processes(loss.detach(), world_size)  # every rank stops together

@@ -89,10 +89,29 @@ class SegNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
         features = self.backbone(x)
-        result = {"out": upsample(self.head(features), size)}  # (N, C, H, W)
+        result = {"out": upsample_logits(self.head(features), size)}  # (N, C, H, W)
         if self.aux_head is not None:
-            result["aux"] = upsample(self.aux_head(features[self.aux_from]), size)
+            result["aux"] = upsample_logits(self.aux_head(features[self.aux_from]), size)
         return result
+
+
+class Classifier(nn.Conv2d):
+    """The 1x1 classifier that makes the logits, computed in float32 even inside a bf16
+    autocast region: the loss then sees float32 logits, as in the reference (which trained in
+    float32), not bf16-rounded ones. The rest of the network keeps bf16's speed."""
+
+    def __init__(self, c_in: int, num_classes: int):
+        super().__init__(c_in, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
+    """The logits upsampled to the input size in float32 (see Classifier)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return upsample(logits.float(), size)
 
 
 def upsample(x: torch.Tensor, size) -> torch.Tensor:
@@ -108,7 +127,7 @@ def conv_bn_relu(c_in: int, c_out: int, kernel=3, stride=1, dilation=1, groups=1
 def fcn_aux_head(c_in: int, channels: int, num_classes: int) -> nn.Module:
     """3x3 conv -> BN -> ReLU -> dropout 0.1 -> 1x1 classifier: mmseg's auxiliary FCNHead."""
     return nn.Sequential(
-        conv_bn_relu(c_in, channels), nn.Dropout2d(0.1), nn.Conv2d(channels, num_classes, 1)
+        conv_bn_relu(c_in, channels), nn.Dropout2d(0.1), Classifier(channels, num_classes)
     )
 
 
@@ -248,7 +267,7 @@ class LastStageHead(nn.Module):
     def __init__(self, context: nn.Module, channels: int, num_classes: int):
         super().__init__()
         self.context, self.dropout = context, nn.Dropout2d(0.1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.dropout(self.context(features[-1])))
@@ -268,7 +287,7 @@ class DeepLabV3PlusHead(nn.Module):
             conv_bn_relu(aspp_channels, aspp_channels),
         )
         self.dropout = nn.Dropout2d(0.1)
-        self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+        self.classifier = Classifier(aspp_channels, num_classes)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         low = self.reduce(features[0])  # (N, 48, H/4, W/4)
@@ -311,7 +330,7 @@ class UNetDecoder(nn.Module):
             double_conv(widths[i + 1] + widths[i], widths[i])
             for i in reversed(range(len(widths) - 1))
         )
-        self.classifier = nn.Conv2d(widths[0], num_classes, 1)
+        self.classifier = Classifier(widths[0], num_classes)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
@@ -375,7 +394,7 @@ class LiteHead(nn.Module):
         self.context = conv_bn_relu(c_deep, channels, kernel=1)
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_deep, channels, 1))
         self.fuse = conv_bn_relu(channels + c_skip, channels)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         skip, deep = features[0], features[-1]
@@ -479,7 +498,7 @@ def unet(num_classes: int, base_width=32, depth=4, aux=False) -> SegNet:
         for c_in, c_out in zip(widths, widths[1:], strict=False)
     ]
     encoder = Stages([double_conv(3, widths[0]), *downs])
-    aux_head = nn.Conv2d(widths[-1], num_classes, 1) if aux else None
+    aux_head = Classifier(widths[-1], num_classes) if aux else None
     return SegNet(encoder, UNetDecoder(widths, num_classes), aux_head, aux_from=-1)
 
 
@@ -492,5 +511,5 @@ def lite(num_classes: int, width=16, output_stride=8, decoder_channels=None, aux
     encoder = lite_encoder(width, output_stride)
     channels = encoder.channels  # strides 2, 4, 8, output_stride
     head = LiteHead(channels[0], channels[-1], decoder_channels or 2 * width, num_classes)
-    aux_head = nn.Conv2d(channels[2], num_classes, 1) if aux else None
+    aux_head = Classifier(channels[2], num_classes) if aux else None
     return SegNet(encoder, head, aux_head, aux_from=2)

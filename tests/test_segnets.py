@@ -69,6 +69,24 @@ def test_backward_reaches_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", list_segnets())
+def test_logits_are_float32_under_bf16_autocast(name):
+    """The loss sees float32 logits when the rest of the net runs in bf16 (CUDA's amp; tested
+    with CPU's bf16 autocast): the classifier and the final upsampling run outside autocast."""
+    model = tiny(name, aux=True).eval()
+    x = images()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        assert model.backbone(x)[-1].dtype == torch.bfloat16  # the rest is bf16
+    for logits in out.values():
+        assert logits.dtype == torch.float32
+        assert (logits.bfloat16().float() != logits).any()  # not merely bf16 values widened
+    with torch.no_grad():
+        full = model(x)
+    for key in out:  # bf16 features, float32 classifier: close to the all-float32 logits
+        assert (out[key] - full[key]).abs().max() < 0.1 * full[key].abs().max()
+
+
+@pytest.mark.parametrize("name", list_segnets())
 def test_channels_last_matches_contiguous(name):
     model = tiny(name, aux=True).eval()
     x = images()
