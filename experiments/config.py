@@ -63,6 +63,10 @@ class TrainSettings:
     cat_max_ratio: float = 0.75  # crops where one class covers >= 75 % are redrawn (A§5-6)
     eval_scale: list[int] | None = None  # evaluation images rescaled to fit; None: as they are
     eval_batch_size: int = 1
+    # a surrogate loss computed per group of this many images, averaged over the groups (None:
+    # pooled over each process's batch, the reference); makes the loss independent of the
+    # number of DDP processes (SurrogateLoss's group_size)
+    loss_group_size: int | None = None
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -246,7 +250,7 @@ RANGES = {
     **dict.fromkeys(
         ["iterations", "batch_size", "lr", "head_lr_mult", "crop_size", "eval_crop",
          "eval_batch_size", "scale", "eval_scale", "ratio_range", "steps", "sigma", "epochs",
-         "clip", "confirm_seeds", "models_per_gpu"],
+         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size"],
         _POSITIVE,
     ),
     **dict.fromkeys(

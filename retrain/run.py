@@ -88,10 +88,16 @@ def check_builds(cfg: RetrainConfig) -> None:
         make_loss(cfg, train_set.num_classes)
 
     preflight(build)
-    if cfg.retrain.fit.batch_size % cfg.processes:
+    batch, group = cfg.retrain.fit.batch_size, cfg.retrain.loss_group_size
+    if batch % cfg.processes:
         raise ConfigError(
-            f"retrain.fit.batch_size={cfg.retrain.fit.batch_size} does not split over "
-            f"{cfg.processes} processes"
+            f"retrain.fit.batch_size={batch} does not split over {cfg.processes} processes"
+        )
+    if group and (batch // cfg.processes) % group:
+        raise ConfigError(
+            f"retrain.fit.batch_size={batch} over {cfg.processes} processes is "
+            f"{batch // cfg.processes} images each, not a multiple of "
+            f"retrain.loss_group_size={group}"
         )
 
 

@@ -50,6 +50,8 @@ def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
         )
     if name == "surrogate":
         kwargs.setdefault("tolerance", cfg.retrain.tolerance)
+        if cfg.retrain.loss_group_size and not kwargs.get("sync"):
+            kwargs.setdefault("group_size", cfg.retrain.loss_group_size)
     return build_loss(name, num_classes=num_classes, **kwargs)
 
 

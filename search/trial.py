@@ -33,6 +33,7 @@ def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss
         tolerance=search.tolerance,
         drop_background=search.drop_background,
         region_weight=search.region_weight,
+        group_size=cfg.proxy.loss_group_size,
     )
 
 

@@ -63,7 +63,13 @@ class SurrogateLoss(nn.Module):
             absent from the batch count as 0); "present" averages over classes present in the
             batch GT. fwiou, gacc and bf1 already weight by presence.
         per_image: compute the surrogate per image and average over images (reference: pooled
-            over the batch).
+            over the batch). The same as group_size=1.
+        group_size: G, compute the surrogate per group of G images and average over the groups
+            (None: the whole batch pooled). The reference pooled the 8 images of each GPU, so its
+            loss changed with the batch per process; with a group size it does not. Image j of
+            a batch of n belongs to group j mod (n // G): a global batch dealt to DDP processes
+            by rank stride (every N-th image, data.train_loader) makes the same groups on any
+            number of processes, and DDP's gradient average is the one-process gradient.
         sync: all-reduce the per-class sums across torch.distributed processes before the ratio,
             so every process sees the surrogate of the global batch. The backward all-reduces too,
             so DDP's gradient averaging yields the gradient of the global loss. A no-op when no
@@ -89,6 +95,7 @@ class SurrogateLoss(nn.Module):
         per_image: bool = False,
         sync: bool = False,
         region_weight: float = 0.0,
+        group_size: int | None = None,
     ):
         super().__init__()
         if metric not in METRICS:
@@ -107,10 +114,16 @@ class SurrogateLoss(nn.Module):
                 f"region_weight={region_weight} is for the boundary metrics biou and bf1 "
                 f"(a weight >= 0); metric is {metric}"
             )
-        if sync and per_image:
+        if per_image:
+            if group_size not in (None, 1):
+                raise ValueError(f"per_image=True is group_size=1, not {group_size}")
+            group_size = 1
+        if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+            raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
+        if sync and group_size is not None:
             raise ValueError(
-                "sync=True pools class sums across processes; per_image=True has "
-                "nothing to pool (each image is its own surrogate)"
+                "sync=True pools class sums across processes; per_image / group_size compute "
+                "the surrogate per group of images, which has nothing to pool"
             )
         self.metric = metric
         self.theta = [float(v) for v in theta]
@@ -122,7 +135,7 @@ class SurrogateLoss(nn.Module):
         self.drop_background = bool(drop_background)
         self.eps = eps
         self.class_reduction = class_reduction
-        self.per_image = per_image
+        self.group_size = group_size
         self.sync = sync
         self.region_weight = float(region_weight)
         tables = torch.stack(curve_tables(self.theta, METRIC_CURVES[metric]))
@@ -197,14 +210,32 @@ class SurrogateLoss(nn.Module):
     # --- pieces -------------------------------------------------------------------------------
 
     def _groups(self, n: int) -> int:
-        return n if self.per_image else 1
+        return 1 if self.group_size is None else max(1, n // self.group_size)
+
+    def _group_of(self, n: int, device: torch.device) -> torch.Tensor:
+        """(N,) the group of each image: j mod groups (see group_size)."""
+        return torch.arange(n, device=device) % self._groups(n)
+
+    def _by_group(self, per_image: torch.Tensor) -> torch.Tensor:
+        """(N, C) per-image sums -> (G, C) per-group sums."""
+        n = per_image.shape[0]
+        if self.group_size is None:
+            return per_image.sum(0, keepdim=True)
+        groups = per_image.new_zeros(self._groups(n), per_image.shape[1])
+        return groups.index_add(0, self._group_of(n, per_image.device), per_image)
+
+    def _pool_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (G, C): sums over the pixels of each group's images."""
+        if self.group_size is None:  # one sum over the batch, the reference's pooling
+            return x.sum((0, 2, 3)).unsqueeze(0)
+        return self._by_group(x.sum((2, 3)))
 
     def _class_sums(self, labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Sum `values` (N, ...) per (group, GT class) -> (G, C)."""
         n, c = labels.shape[0], self.num_classes
         index = labels.reshape(n, -1)
-        if self.per_image:
-            index = index + c * torch.arange(n, device=labels.device).unsqueeze(1)
+        if self.group_size is not None:
+            index = index + c * self._group_of(n, labels.device).unsqueeze(1)
         sums = values.new_zeros(self._groups(n) * c)
         return sums.index_add(0, index.reshape(-1), values.reshape(-1)).view(-1, c)
 
@@ -237,8 +268,7 @@ class SurrogateLoss(nn.Module):
         h_u_gt = p_gt if table_u is None else bezier(p_gt, table_u)
         h_u = p if table_u is None else bezier(p, table_u)
         soft_all = torch.bmm(h_u, weight.unsqueeze(2)).squeeze(2)  # (N, C): sum_i m h_U(p_c)
-        if not self.per_image:
-            soft_all = soft_all.sum(0, keepdim=True)
+        soft_all = self._by_group(soft_all)  # (G, C)
         inter = self._class_sums(labels, h_i_gt * weight)
         count = self._class_sums(labels, weight)
         # on GT pixels the union term is exactly 1, elsewhere h_U(p_c)
@@ -278,11 +308,10 @@ class SurrogateLoss(nn.Module):
         edges = _gt_edges(labels, valid, c)
         gt_edges = one_hot_masked(labels, edges, c).to(p.dtype)  # (N, C, H, W), no gradient
         soft_edges = _SoftEdges.apply(p, erode3x3(p), self.tables)  # (N, C, H, W)
-        dims = (2, 3) if self.per_image else (0, 2, 3)
-        n_gt = gt_edges.sum(dims).view(-1, c)
-        n_pr = soft_edges.sum(dims).view(-1, c)
-        match_pr = (soft_edges * dilate(gt_edges, self.tolerance)).sum(dims).view(-1, c)
-        match_gt = (dilate(soft_edges, self.tolerance) * gt_edges).sum(dims).view(-1, c)
+        n_gt = self._pool_pixels(gt_edges)  # (G, C)
+        n_pr = self._pool_pixels(soft_edges)
+        match_pr = self._pool_pixels(soft_edges * dilate(gt_edges, self.tolerance))
+        match_gt = self._pool_pixels(dilate(soft_edges, self.tolerance) * gt_edges)
         n_gt, n_pr, match_pr, match_gt = self._sync(n_gt, n_pr, match_pr, match_gt)
         precision = match_pr / (n_pr + self.eps)
         recall = match_gt / (n_gt + self.eps)
@@ -297,7 +326,7 @@ class SurrogateLoss(nn.Module):
 
 
 def _mean_over_groups(per_group: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
-    """Mean over groups (images with per_image, else the one batch) that hold any data; 0 if
+    """Mean over groups (of group_size images, else the one batch) that hold any data; 0 if
     none does, which gives loss 1 with zero gradient (the reference's empty-band behaviour)."""
     has_data = has_data.to(per_group.dtype)
     return (per_group * has_data).sum() / has_data.sum().clamp(min=1)

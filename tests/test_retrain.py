@@ -55,6 +55,7 @@ def test_shipped_voc_files_are_the_published_vectors_with_the_reference_settings
     loss = make_loss(cfg, 21)
     assert loss.theta == PRESETS[f"asl-voc-{metric}"]  # exactly, SPEC A§7
     assert loss.tolerance == 5 and loss.drop_background == (metric == "biou")
+    assert loss.group_size == 8  # the reference's 8 images per GPU, on any number of GPUs
     settings = cfg.retrain  # SPEC A§6
     assert settings.model == "deeplabv3plus"
     assert settings.model_args == {"backbone": "resnet101", "output_stride": 8, "aux": True}
@@ -175,6 +176,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
         (["miou_bezier.yaml", "retrain.fit.iterations=-5"], "retrain.fit.iterations must be > 0"),
         (["miou_bezier.yaml", "retrain.fit.lr=nan"], "retrain.fit.lr must be a finite number"),
         (["miou_bezier.yaml", "retrain.model_args={width:32}"], r"write \{width: 32\}"),
+        (["miou_bezier.yaml", "2", "retrain.loss_group_size=4"], "not a multiple of retrain.loss"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):

@@ -48,3 +48,59 @@ def test_sync_without_process_group_is_the_plain_loss():
     logits, target = random_logits(2, 5, 8, 8), blob_target(2, 8, 8, 5)
     synced = SurrogateLoss("miou", "identity", 5, sync=True)(logits, target)
     assert float(synced) == float(SurrogateLoss("miou", "identity", 5)(logits, target))
+
+
+def strided_worker(rank, world_size, init_file, logits, target, out):
+    """One DDP process with its share of the global batch, dealt as data.train_loader deals it:
+    every world_size-th image."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    for metric in METRICS:
+        for group_size in (2, None):
+            loss = SurrogateLoss(metric, f"asl-voc-{metric}", 5, tolerance=2, group_size=group_size)
+            z = logits[rank::world_size].clone().requires_grad_(True)
+            value = loss(z, target[rank::world_size])
+            value.backward()
+            mean = value.detach().clone()
+            dist.all_reduce(mean)  # the loss a DDP run logs: the mean over processes
+            out[f"{metric}/{group_size}/{rank}/value"] = mean / world_size
+            out[f"{metric}/{group_size}/{rank}/grad"] = z.grad / world_size  # DDP's average
+    dist.destroy_process_group()
+
+
+def test_a_loss_group_size_makes_two_processes_train_like_one(tmp_path):
+    logits = random_logits(8, 5, 16, 16)
+    target = blob_target(8, 16, 16, 5)
+    out = mp.Manager().dict()
+    mp.spawn(strided_worker, args=(2, tmp_path / "init", logits, target, out), nprocs=2)
+    for metric in METRICS:
+        # one process, the whole global batch of 8: 4 groups of 2 (images j, j + 4 together)
+        loss = SurrogateLoss(metric, f"asl-voc-{metric}", 5, tolerance=2, group_size=2)
+        z = logits.clone().requires_grad_(True)
+        whole = loss(z, target)
+        whole.backward()
+        for rank in range(2):
+            assert float(out[f"{metric}/2/{rank}/value"]) == pytest.approx(float(whole), abs=1e-6)
+            grad = out[f"{metric}/2/{rank}/grad"]
+            assert torch.allclose(grad, z.grad[rank::2], atol=1e-9), metric
+        # without a group size each process pools its 4 images: another loss than one process's
+        pooled = SurrogateLoss(metric, f"asl-voc-{metric}", 5, tolerance=2)(logits, target)
+        assert abs(float(out[f"{metric}/None/0/value"]) - float(pooled)) > 1e-4, metric
+
+
+def test_group_size_pools_groups_of_images_and_one_is_per_image():
+    logits, target = random_logits(6, 5, 12, 12), blob_target(6, 12, 12, 5)
+    for metric in ("miou", "gacc", "bf1"):
+        grouped = SurrogateLoss(metric, "identity", 5, tolerance=1, group_size=2)
+        plain = SurrogateLoss(metric, "identity", 5, tolerance=1)
+        # batch of 6, groups of 2: images {0, 3}, {1, 4}, {2, 5}
+        by_hand = [plain(logits[[k, k + 3]], target[[k, k + 3]]) for k in range(3)]
+        assert float(grouped(logits, target)) == pytest.approx(float(sum(by_hand) / 3), abs=1e-6)
+        per_image = SurrogateLoss(metric, "identity", 5, tolerance=1, per_image=True)
+        one = SurrogateLoss(metric, "identity", 5, tolerance=1, group_size=1)
+        assert float(per_image(logits, target)) == float(one(logits, target))
+    with pytest.raises(ValueError, match="group_size must be a positive integer"):
+        SurrogateLoss("miou", "identity", 5, group_size=0)
+    with pytest.raises(ValueError, match="sync=True pools"):
+        SurrogateLoss("miou", "identity", 5, group_size=8, sync=True)
