@@ -56,6 +56,7 @@ class FitConfig:
     aux_weight: float = 0.4  # weight of the auxiliary head's loss (when the model has one)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = False
+    sync_bn: bool = False  # under DDP on CUDA, BatchNorm statistics over all processes (SyncBN)
     workers: int = 0  # data loader worker processes
     seed: int = 0  # data order and augmentation
     log_every: int = 50  # iterations between progress lines (0 = never)
@@ -162,14 +163,23 @@ def setup_training(
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """(what the training steps call, the optimizer): the model moved to `device`, under
     torch.distributed wrapped in DDP, which averages the gradients over the processes."""
+    world_size = process_rank()[1]
+    if uses_sync_bn(cfg, world_size, device):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BN layers in place
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model
-    if process_rank()[1] > 1:
+    if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return net, make_optimizer(model, cfg)
+
+
+def uses_sync_bn(cfg: FitConfig, world_size: int, device: torch.device) -> bool:
+    """SyncBN (the reference retrain's) needs several processes and CUDA: torch's SyncBatchNorm
+    has no CPU kernels, so CPU/gloo processes keep their own per-process BatchNorm."""
+    return cfg.sync_bn and world_size > 1 and device.type == "cuda"
 
 
 def train_batches(train_set, cfg: FitConfig, device: torch.device, start: int = 0):

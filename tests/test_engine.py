@@ -26,6 +26,7 @@ from segnets.engine import (
     setup_training,
     train_batches,
     train_steps,
+    uses_sync_bn,
 )
 from surrogates import SegMetrics, build_loss
 
@@ -79,6 +80,19 @@ def test_heads_get_the_learning_rate_multiplier():
     assert isinstance(make_optimizer(model, FitConfig(optimizer="adamw")), torch.optim.AdamW)
     with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
         make_optimizer(model, FitConfig(optimizer="adam"))
+
+
+def test_sync_bn_only_under_ddp_on_cuda():
+    on, off = FitConfig(sync_bn=True), FitConfig(sync_bn=False)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert uses_sync_bn(on, 2, cuda)
+    assert not uses_sync_bn(on, 1, cuda)  # one process: nothing to synchronise
+    assert not uses_sync_bn(on, 2, cpu)  # gloo on CPU: SyncBatchNorm has no CPU kernels
+    assert not uses_sync_bn(off, 8, cuda)
+    # what setup_training does when it applies: every BatchNorm becomes a SyncBatchNorm
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(make_model())
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {nn.SyncBatchNorm}
 
 
 def test_fit_learns_and_is_deterministic(shapes_root):

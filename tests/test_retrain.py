@@ -64,6 +64,7 @@ def test_shipped_voc_files_are_the_published_vectors_with_the_reference_settings
     assert settings.cat_max_ratio == 0.75
     assert (settings.fit.lr, settings.fit.head_lr_mult, settings.fit.aux_weight) == (0.02, 10, 0.4)
     assert settings.fit.optimizer == "sgd" and settings.drop_background
+    assert settings.fit.sync_bn  # SyncBN across GPUs, as the reference retrain
 
 
 def test_shapes_profile_and_ce_file(tmp_path):
