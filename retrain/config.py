@@ -43,7 +43,12 @@ class RetrainSettings(TrainSettings):
     crops of images rescaled to fit 2048 x 512, batch 32, 10k SGD iterations)."""
 
     model_args: dict[str, Any] = field(
-        default_factory=lambda: {"backbone": "resnet101", "output_stride": 8, "aux": True}
+        default_factory=lambda: {
+            "backbone": "resnet101",
+            "output_stride": 8,
+            "aux": True,
+            "pretrained_backbone": "imagenet",  # torchvision's weights API, the torch hub cache
+        }
     )
     scale: list[int] | None = field(default_factory=lambda: [2048, 512])
     eval_scale: list[int] | None = field(default_factory=lambda: [2048, 512])  # whole images

@@ -41,7 +41,12 @@ class ProxyConfig(TrainSettings):
     """The proxy task of a trial (reference A§5: R50 DeepLabV3+, 128 px crops, 1000 iterations)."""
 
     model_args: dict[str, Any] = field(
-        default_factory=lambda: {"backbone": "resnet50", "output_stride": 8, "aux": True}
+        default_factory=lambda: {
+            "backbone": "resnet50",
+            "output_stride": 8,
+            "aux": True,
+            "pretrained_backbone": "imagenet",  # from scratch, 1000 iterations score noise
+        }
     )
     crop_size: int = 128
     scale: list[int] | None = field(default_factory=lambda: [512, 128])

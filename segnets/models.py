@@ -13,13 +13,18 @@ into logits at reduced resolution; `forward` upsamples to the input size and ret
     lite           MobileNetV2-style encoder (Sandler et al. 2018) + LR-ASPP-style decoder
                    (Howard et al. 2019, MobileNetV3): the CPU proxy network
 
-The ResNet models use torchvision's ResNets (never downloaded; `pretrained_backbone` loads a local
-state_dict). Example: `build_segnet("deeplabv3plus", 21, backbone="resnet101", output_stride=8)`.
+The ResNet models use torchvision's ResNets; `pretrained_backbone` is None or "none" (random
+weights), "imagenet" (torchvision's IMAGENET1K_V1 weights through its weights API, from the torch
+hub cache, downloaded there on first use) or the path of a local torchvision state_dict.
+Example: `build_segnet("deeplabv3plus", 21, backbone="resnet101", pretrained_backbone="imagenet")`.
 """
 
 import inspect
 import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -173,9 +178,38 @@ def resnet_backbone(
             weights=None, replace_stride_with_dilation=dilate
         )
     backbone = ResNetBackbone(resnet)
-    if pretrained_backbone is not None:
+    if pretrained_backbone == IMAGENET:
+        load_backbone_weights(backbone, imagenet_weights_file(name))
+    elif pretrained_backbone not in (None, "none"):
         load_backbone_weights(backbone, pretrained_backbone)
     return backbone
+
+
+IMAGENET = "imagenet"  # pretrained_backbone: torchvision's ImageNet weights
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """The torch hub cache file of torchvision's IMAGENET1K_V1 weights for ResNet `name`,
+    downloaded on first use (as segmentation codebases fetch their backbones). Offline and not
+    cached: a one-line ValueError naming the file to put there."""
+    url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # a network that swallows packets fails, instead of hanging
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except OSError as error:  # URLError, timeouts, refused connections
+        raise ValueError(
+            f"ImageNet weights for {name} are not at {path} and could not be downloaded "
+            f"({error}); put {url} there, or set pretrained_backbone=PATH (a local file) or "
+            "pretrained_backbone=none (random weights)"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(timeout)
+    return path
 
 
 def _dilate_basic_blocks(resnet: nn.Module, dilate: list[bool]) -> None:

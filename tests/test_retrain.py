@@ -58,7 +58,12 @@ def test_shipped_voc_files_are_the_published_vectors_with_the_reference_settings
     assert loss.group_size == 8  # the reference's 8 images per GPU, on any number of GPUs
     settings = cfg.retrain  # SPEC A§6
     assert settings.model == "deeplabv3plus"
-    assert settings.model_args == {"backbone": "resnet101", "output_stride": 8, "aux": True}
+    assert settings.model_args == {
+        "backbone": "resnet101",
+        "output_stride": 8,
+        "aux": True,
+        "pretrained_backbone": "imagenet",
+    }
     fit = settings.fit
     assert (settings.crop_size, fit.batch_size, fit.iterations) == (512, 32, 10_000)
     assert settings.cat_max_ratio == 0.75

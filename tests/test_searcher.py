@@ -72,6 +72,8 @@ def test_default_search_on_voc_rewards_on_train_images_the_proxy_never_sees(tmp_
 
     fx.make_voc(tmp_path, {"train": [f"2007_{n:06d}" for n in range(12)], "val": ["2008_000001"]})
     cfg = configs.resolve("miou", {"data": "voc"}, data_root=str(tmp_path))
+    assert cfg.proxy.model_args["pretrained_backbone"] == "imagenet"  # the VOC proxy's default
+    cfg.proxy.model_args["pretrained_backbone"] = "none"  # no download in the tests
     assert cfg.search.reward_split == "holdout"  # SPEC B4's default, also on VOC
     assert cfg.proxy.cat_max_ratio == 0.75 and cfg.proxy.crop_size == 128  # A§5
     check_builds(cfg)  # what `./launch.sh search miou` checks first: no error

@@ -246,6 +246,39 @@ def resnet18_state(tmp_path):
     return state, tmp_path
 
 
+def test_imagenet_weights_come_from_the_torch_hub_cache(resnet18_state, monkeypatch):
+    state, tmp_path = resnet18_state
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"  # torchvision's
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)  # as if downloaded on an earlier run
+    model = build_segnet("fcn", 3, backbone="resnet18", pretrained_backbone="imagenet")
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+
+
+def test_imagenet_weights_offline_name_the_file_and_the_opt_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, progress=True):  # what a machine without internet answers
+        raise OSError(f"<urlopen error [Errno -2] Name or service not known> ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ValueError) as error:
+        build_segnet("fcn", 3, backbone="resnet50", pretrained_backbone="imagenet")
+    message = str(error.value)
+    assert "\n" not in message and str(tmp_path / "hub" / "checkpoints" / "resnet50-") in message
+    assert (
+        "download.pytorch.org/models/resnet50-" in message and "pretrained_backbone=none" in message
+    )
+    torch.manual_seed(0)
+    scratch = build_segnet("fcn", 3, backbone="resnet18", pretrained_backbone="none")  # opt-out
+    torch.manual_seed(0)
+    assert torch.equal(
+        scratch.backbone.conv1.weight,
+        build_segnet("fcn", 3, backbone="resnet18").backbone.conv1.weight,
+    )
+
+
 def test_pretrained_backbone_loads(resnet18_state):
     state, tmp_path = resnet18_state
     torch.save(state, tmp_path / "r18.pth")
