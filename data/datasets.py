@@ -74,15 +74,20 @@ def cityscapes(root: Path, split: str, transform=None, without_holdout: bool = F
 
 
 def _hold_out(dataset: Dataset, part: str) -> Dataset:
-    """Keep the held-out images of a train split (part="holdout") or the others ("rest")."""
-    held_out = part == "holdout"
-    keep = [i for i in range(len(dataset.images)) if (i % HOLDOUT_EVERY == 0) == held_out]
+    """Keep the held-out images of a train split (part="holdout") or the others ("rest"):
+    every HOLDOUT_EVERY-th image among those whose labels are in the evaluation's style (VOC:
+    VOC's own labels with their void bands, not SBD's; `voc_labelled`), so that the reward's
+    boundary metrics are measured on the same kind of labels as val."""
+    style = getattr(dataset, "voc_labelled", [True] * len(dataset.images))
+    candidates = [i for i, ok in enumerate(style) if ok]
+    held = set(candidates[::HOLDOUT_EVERY])
+    keep = [i for i in range(len(dataset.images)) if (i in held) == (part == "holdout")]
     if not keep:
         raise ValueError(
             f"the train split has {len(dataset.images)} image(s): too few to hold out every "
             f"{HOLDOUT_EVERY}th for the search's reward (use search.reward_split=val)"
         )
-    for name in ("ids", "images", "labels"):  # the lists the readers index
+    for name in ("ids", "images", "labels", "voc_labelled"):  # the lists the readers index
         if hasattr(dataset, name):
             setattr(dataset, name, [getattr(dataset, name)[i] for i in keep])
     return dataset

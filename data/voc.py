@@ -6,7 +6,14 @@ Layout on disk (`root` is the folder that contains VOCdevkit/):
     root/VOCdevkit/VOC2012/SegmentationClass/<id>.png          palette PNG, pixel = class index
     root/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
     root/VOCdevkit/VOC2012/SegmentationClassAug/<id>.png       optional: SBD, 8-bit grayscale
-    root/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt optional: the 10,582 aug ids
+    root/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt optional: DeepLab's list, all
+                                                                10,582 train ids
+    root/VOCdevkit/VOC2012/ImageSets/Segmentation/aug.txt       or mmseg's: the 9,118 SBD ids
+                                                                beyond VOC's train and val
+
+With the SBD layout the train split is train_aug.txt, or train.txt + aug.txt (10,582 either
+way); an id of VOC's train.txt reads VOC's own label (SegmentationClass, with its void bands,
+the style of val), every other id its SBD label (SegmentationClassAug), as mmseg does.
 
 Labels hold 0 (background), 1..20 (the classes) and 255 (void: object borders and hard pixels).
 VOC comes from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar);
@@ -41,11 +48,12 @@ LAYOUT_HELP = """Expected PASCAL VOC 2012 under the dataset root:
     <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
     <root>/VOCdevkit/VOC2012/SegmentationClassAug/<id>.png          (optional, SBD aug)
     <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt   (optional, 10,582 ids)
+      or <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/aug.txt    (optional, 9,118 ids)
 Get VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and extract
 it into <root>. For the SBD aug labels follow the Pascal VOC section of
 https://mmsegmentation.readthedocs.io/en/latest/user_guides/2_dataset_prepare.html (or the DeepLab
-instructions) and put the id list at ImageSets/Segmentation/train_aug.txt (mmsegmentation calls it
-aug.txt)."""
+instructions); put DeepLab's id list at ImageSets/Segmentation/train_aug.txt or mmsegmentation's
+at ImageSets/Segmentation/aug.txt."""
 
 # A lookup over all 256 byte values: True where the value is a legal VOC label.
 _VALID_LABEL = torch.zeros(256, dtype=torch.bool)
@@ -86,15 +94,25 @@ class VOCSegmentation(torch.utils.data.Dataset):
         for folder in (self.root, voc / "JPEGImages", voc / "ImageSets" / "Segmentation"):
             _require_dir(folder)
         self.uses_aug = _resolve_aug(voc, split, aug)
+        lists = voc / "ImageSets" / "Segmentation"
+        _require_dir(voc / "SegmentationClass")
         if self.uses_aug:
-            list_file, label_dir = _aug_list(voc), voc / "SegmentationClassAug"
+            list_file = _aug_list(voc)
+            self.ids, voc_ids = _train_aug_ids(list_file, lists / "train.txt", lists / "val.txt")
         else:
-            list_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
-            label_dir = voc / "SegmentationClass"
-            _require_dir(label_dir)
-        self.ids = _read_split_list(list_file)
+            list_file = lists / f"{split}.txt"
+            self.ids = voc_ids = _read_split_list(list_file)
+        # True where the label is VOC's own (void bands, val's style); the search's holdout
+        # draws from these images only
+        voc_labelled = set(voc_ids)
+        self.voc_labelled = [i in voc_labelled for i in self.ids]
         self.images = [voc / "JPEGImages" / f"{i}.jpg" for i in self.ids]
-        self.labels = [label_dir / f"{i}.png" for i in self.ids]
+        self.labels = [
+            voc / ("SegmentationClass" if ok else "SegmentationClassAug") / f"{i}.png"
+            for i, ok in zip(self.ids, self.voc_labelled, strict=True)
+        ]
+        if self.uses_aug:
+            _announce(self, list_file)
         _require_files(self.images, list_file)
         _require_files(self.labels, list_file)
 
@@ -127,7 +145,48 @@ def _require_dir(path: Path) -> None:
 
 
 def _aug_list(voc: Path) -> Path:
-    return voc / "ImageSets" / "Segmentation" / "train_aug.txt"
+    """DeepLab's train_aug.txt when present, else mmseg's aug.txt (which may not exist)."""
+    lists = voc / "ImageSets" / "Segmentation"
+    deeplab = lists / "train_aug.txt"
+    return deeplab if deeplab.exists() else lists / "aug.txt"
+
+
+def _train_aug_ids(list_file: Path, train_list: Path, val_list: Path) -> tuple[list, list]:
+    """(the train split's ids, those of VOC's train.txt). DeepLab's train_aug.txt lists the
+    whole split; mmseg's aug.txt only the SBD ids that train.txt lacks (used alone it would drop
+    VOC's 1,464 train images). A list that shares an id with val.txt is refused."""
+    voc_ids, listed = _read_split_list(train_list), _read_split_list(list_file)
+    if list_file.name == "train_aug.txt":
+        ids = listed
+    else:
+        known = set(voc_ids)
+        ids = voc_ids + [i for i in listed if i not in known]
+    if val_list.is_file():
+        val = set(_read_split_list(val_list))
+        leaked = [i for i in ids if i in val]
+        if leaked:
+            raise ValueError(
+                f"{list_file} lists {len(leaked)} id(s) of val.txt, e.g. {leaked[0]}: the model "
+                "would train on the evaluation images (DeepLab's train_aug.txt and mmseg's "
+                "aug.txt hold none)"
+            )
+    return ids, voc_ids
+
+
+_ANNOUNCED: set[Path] = set()  # train splits described already (once per process)
+
+
+def _announce(dataset: "VOCSegmentation", list_file: Path) -> None:
+    if list_file in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(list_file)
+    own = sum(dataset.voc_labelled)
+    print(
+        f"[voc] train split: {len(dataset.ids):,} images ({list_file.name}): {own:,} with VOC "
+        f"labels (SegmentationClass), {len(dataset.ids) - own:,} with SBD labels "
+        "(SegmentationClassAug)",
+        flush=True,
+    )
 
 
 def _resolve_aug(voc: Path, split: str, aug: bool | None) -> bool:
@@ -146,6 +205,8 @@ def _resolve_aug(voc: Path, split: str, aug: bool | None) -> bool:
         return False
     # aug=True without the files, or aug=None with only one of the two: falling back to the 1,464
     # plain train ids would quietly train on a seventh of the 10,582 aug images.
+    lists = voc / "ImageSets" / "Segmentation"
+    parts["id list"] = f"{lists / 'train_aug.txt'} (or {lists / 'aug.txt'})"
     missing = ", ".join(str(parts[name]) for name, ok in present.items() if not ok)
     raise ValueError(
         f"SBD aug layout incomplete, missing: {missing}. Pass aug=False to train on the plain VOC "

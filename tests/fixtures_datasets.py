@@ -68,12 +68,14 @@ def make_voc(
     splits: dict[str, list[str]],
     aug_ids: list[str] | None = None,
     aug_list_format: str = "ids",
+    aug_list_name: str = "train_aug.txt",
 ) -> dict[str, dict[str, np.ndarray]]:
     """Write a VOC tree under root/VOCdevkit/VOC2012; aug_ids adds the SBD aug layout.
 
     Returns {"plain": {id: label}, "aug": {id: label}}; aug labels are mirrored left-right, so a
     test can tell which folder a label came from. aug_list_format "paths" writes
-    train_aug.txt the way DeepLab's list does ("/JPEGImages/<id>.jpg /SegmentationClassAug/...").
+    train_aug.txt the way DeepLab's list does ("/JPEGImages/<id>.jpg /SegmentationClassAug/...");
+    aug_list_name "aug.txt" is mmseg's name (its list holds only the SBD ids beyond train, val).
     """
     voc = root / "VOCdevkit" / "VOC2012"
     lists = voc / "ImageSets" / "Segmentation"
@@ -101,7 +103,7 @@ def make_voc(
             lines = [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png\n" for i in aug_ids]
         else:
             lines = [f"{i}\n" for i in aug_ids]
-        (lists / "train_aug.txt").write_text("".join(lines))
+        (lists / aug_list_name).write_text("".join(lines))
     return written
 
 

@@ -101,7 +101,48 @@ def test_voc_aug_is_detected_and_read(tmp_path, aug_list_format):
     for index, image_id in enumerate(dataset.ids):
         target = dataset[index][1]
         assert target.dtype == torch.int64
-        assert np.array_equal(target.numpy(), written["aug"][image_id])  # not the plain label
+        # VOC's own label for an id of train.txt (as mmseg), the SBD label for the others
+        folder = "plain" if image_id in TRAIN else "aug"
+        assert np.array_equal(target.numpy(), written[folder][image_id])
+    assert dataset.voc_labelled == [True] * len(TRAIN) + [False] * len(AUG_ONLY)
+
+
+def test_mmseg_aug_list_is_added_to_train_and_the_counts_are_printed(tmp_path, capsys):
+    """mmseg's layout: train.txt (SegmentationClass) + aug.txt (SBD ids beyond train and val,
+    SegmentationClassAug). Used alone, aug.txt would drop VOC's train images."""
+    written = fx.make_voc(tmp_path, {"train": TRAIN, "val": VAL}, AUG_ONLY, aug_list_name="aug.txt")
+    dataset = VOCSegmentation(tmp_path, "train")
+    assert dataset.uses_aug and dataset.ids == TRAIN + AUG_ONLY
+    for index, image_id in enumerate(dataset.ids):
+        folder = "plain" if image_id in TRAIN else "aug"
+        assert np.array_equal(dataset[index][1].numpy(), written[folder][image_id])
+    out = capsys.readouterr().out
+    total, own, sbd = len(TRAIN) + len(AUG_ONLY), len(TRAIN), len(AUG_ONLY)
+    assert f"[voc] train split: {total} images (aug.txt): {own} with VOC labels" in out
+    assert f"{sbd} with SBD labels" in out
+
+
+@pytest.mark.parametrize("aug_list_name", ["train_aug.txt", "aug.txt"])
+def test_an_aug_list_that_holds_a_val_id_is_refused(tmp_path, aug_list_name):
+    fx.make_voc(
+        tmp_path, {"train": TRAIN, "val": VAL}, AUG_ONLY + VAL[:1], aug_list_name=aug_list_name
+    )
+    with pytest.raises(ValueError, match=f"lists 1 id\\(s\\) of val.txt, e.g. {VAL[0]}"):
+        VOCSegmentation(tmp_path, "train")
+
+
+def test_the_voc_holdout_is_drawn_from_voc_labelled_images(tmp_path):
+    """The reward's boundary metrics on labels in val's style: the holdout takes every 10th of
+    the images with VOC's own labels, none of the SBD-labelled ones."""
+    from data import build_dataset
+
+    train = [f"2007_{n:06d}" for n in range(12)]
+    sbd = [f"2008_{n:06d}" for n in range(30)]
+    fx.make_voc(tmp_path, {"train": train, "val": VAL}, train + sbd)
+    holdout = build_dataset("voc", tmp_path, "holdout")
+    assert holdout.ids == [train[0], train[10]] and all(holdout.voc_labelled)
+    rest = build_dataset("voc", tmp_path, "train", without_holdout=True)
+    assert len(rest) == 40 and not set(rest.ids) & set(holdout.ids)
 
 
 def test_voc_aug_false_and_val_ignore_the_aug_labels(voc_aug):
