@@ -177,7 +177,7 @@ _ANNOUNCED: set[Path] = set()  # train splits described already (once per proces
 
 
 def _announce(dataset: "VOCSegmentation", list_file: Path) -> None:
-    if list_file in _ANNOUNCED:
+    if list_file in _ANNOUNCED or os.environ.get("RANK", "0") != "0":  # once, rank 0 of DDP
         return
     _ANNOUNCED.add(list_file)
     own = sum(dataset.voc_labelled)

@@ -137,3 +137,78 @@ def make_cityscapes(
             save_gray_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
             written[split].append((image, label))
     return written
+
+
+# --- realistic trees: the real path end to end ---------------------------------------------------
+
+
+def _scene(rng: np.random.Generator, height: int, width: int, num_classes: int, void: bool):
+    """An image with 1-3 filled ellipses of random classes on a textured background, and its
+    label; with void, a 2 px band of 255 around each object, as VOC's own annotations have."""
+    yy, xx = np.mgrid[:height, :width]
+    image = rng.integers(60, 120, (height, width, 3)).astype(np.uint8)
+    label = np.zeros((height, width), dtype=np.uint8)
+    band = np.zeros((height, width), dtype=bool)
+    for _ in range(rng.integers(1, 4)):
+        cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
+        ry, rx = rng.uniform(0.1, 0.3) * height, rng.uniform(0.1, 0.3) * width
+        distance = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        inside = distance <= 1
+        class_index = int(rng.integers(1, num_classes))
+        image[inside] = (40 * class_index) % 256, 255 - (30 * class_index) % 256, 128
+        label[inside] = class_index
+        band |= (distance > 1) & (distance <= (1 + 2 / min(ry, rx)) ** 2)
+    if void:
+        label[band] = 255
+    return image, label
+
+
+def make_voc_tree(root: Path, layout: str, train: int = 24, sbd: int = 16, val: int = 6) -> dict:
+    """A VOC tree with JPEG images of 200-500 px, palette labels with void bands, SBD labels and
+    the split lists of one SBD layout: "deeplab" (train_aug.txt: every train id) or "mmseg"
+    (aug.txt: the SBD ids only). Returns the ids written per list."""
+    rng = np.random.default_rng(1)
+    voc = root / "VOCdevkit" / "VOC2012"
+    lists = voc / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    ids = {
+        "train": [f"2007_{n:06d}" for n in range(train)],
+        "val": [f"2008_{n:06d}" for n in range(val)],
+        "sbd": [f"2009_{n:06d}" for n in range(sbd)],
+    }
+    for kind, names in ids.items():
+        for image_id in names:
+            size = (int(rng.integers(200, 501)), int(rng.integers(200, 501)))
+            image, label = _scene(rng, *size, num_classes=21, void=kind != "sbd")
+            (voc / "JPEGImages").mkdir(exist_ok=True)
+            PIL.Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=90)
+            if kind == "sbd":
+                save_gray_png(voc / "SegmentationClassAug" / f"{image_id}.png", label)
+            else:
+                save_palette_png(voc / "SegmentationClass" / f"{image_id}.png", label)
+                if kind == "train":  # DeepLab's SegmentationClassAug holds every train id
+                    save_gray_png(voc / "SegmentationClassAug" / f"{image_id}.png", label)
+    (lists / "train.txt").write_text("".join(f"{i}\n" for i in ids["train"]))
+    (lists / "val.txt").write_text("".join(f"{i}\n" for i in ids["val"]))
+    if layout == "deeplab":
+        (lists / "train_aug.txt").write_text("".join(f"{i}\n" for i in ids["train"] + ids["sbd"]))
+    else:
+        (lists / "aug.txt").write_text("".join(f"{i}\n" for i in ids["sbd"]))
+    return ids
+
+
+def make_cityscapes_tree(root: Path, train: int = 12, val: int = 4) -> None:
+    """A Cityscapes tree of 256 x 128 PNGs (2:1, as the real 2048 x 1024) and labelIds PNGs."""
+    rng = np.random.default_rng(2)
+    label_ids = np.array([7, 8, 11, 21, 23, 24, 26, 33], dtype=np.uint8)  # road ... bicycle
+    for split, count in (("train", train), ("val", val)):
+        for frame in range(count):
+            image, label = _scene(rng, 128, 256, num_classes=len(label_ids), void=False)
+            label = label_ids[label]
+            label[:8] = 0  # an unlabeled strip (void)
+            stem = f"{'aachen' if split == 'train' else 'frankfurt'}_000000_{frame:06d}"
+            city = stem.split("_")[0]
+            image_path = root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            PIL.Image.fromarray(image).save(image_path)
+            save_gray_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
