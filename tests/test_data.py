@@ -213,6 +213,12 @@ def test_photometric_distortion_never_swaps_channels():
         assert r >= g >= b and out.dtype == torch.uint8
         changed += [r, g, b] != [180, 120, 60]
     assert 100 < changed < 200  # most draws change something, about 1 in 8 nothing at all
+    # the full distortion keeps a strongly red image red-dominant in every draw
+    red = tv_tensors.Image(_pixel(220, 30, 30).expand(3, 4, 4).clone())
+    torch.manual_seed(1)
+    for _ in range(300):
+        r, g, b = PhotometricDistortion()(red, None)[0][:, 0, 0].tolist()
+        assert r > g and r > b
     # the hue alone moves by at most 18 units (36 degrees) each way, around the circle
     hue_only = PhotometricDistortion(
         brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1)
