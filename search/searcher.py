@@ -38,12 +38,11 @@ class StepSearcher(Searcher):
         super().__init__(metric="reward", mode="max")
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
-        self.dims = len(initial_raw(cfg.search.metric))
         search = cfg.search
-        self.controller = build_controller(
-            search.controller, initial_raw(search.metric), cfg.ppo, search.seed,
-            uniform=search.random_uniform,
-        )  # fmt: skip
+        init = initial_raw(search.metric)
+        self.dims = len(init)
+        uniform = search.random_uniform
+        self.controller = build_controller(search.controller, init, cfg.ppo, search.seed, uniform)
         self.state = steps.SearchState()
         self.running: dict[str, dict] = {}  # trial_id -> job
         self.started = time.time()
