@@ -154,6 +154,9 @@ def train(run_dir: str | Path) -> dict | None:
         final = {**rows[-1], "processes": world_size, "loss": cfg.loss, "data": cfg.data.name}
         write_json(run_dir / "final.json", final)
     if world_size > 1:
+        # DDP's reducer holds the process group: freed after destroy_process_group (at this
+        # frame's end) gloo's worker thread and the main thread can deadlock at exit
+        del net
         dist.destroy_process_group()
     return final
 

@@ -180,9 +180,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
         (["miou_bezier.yaml", "retrain.prediction=argmax"], "unknown retrain.prediction"),
         (["miou_bezier.yaml", "loss.num_classes=21"], "num_classes=21 but shapes has 7 classes"),
         (["miou_bezier.yaml", "retrain.fit.iterations=-5"], "retrain.fit.iterations must be > 0"),
-        (["miou_bezier.yaml", "retrain.fit.lr=nan"], "retrain.fit.lr must be a finite number"),
         (["miou_bezier.yaml", "retrain.model_args={width:32}"], r"write \{width: 32\}"),
-        (["miou_bezier.yaml", "2", "retrain.loss_group_size=4"], "not a multiple of retrain.loss"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
@@ -194,10 +192,17 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_file_without_a_loss_section_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {name: shapes}\n")
+    done = retrain([str(bad)], tmp_path / "results", tmp_path / "data")
+    assert done.returncode == 2 and "expected a 'loss:' mapping" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("data: {name: shapes}\n", "expected a 'loss:' mapping"),
         ("loss: {name: ce}\nretrain: 5\n", "'retrain' must be a mapping, got 5"),
         ("loss: {name: ce}\nsearch: [1, 2]\n", "'search' must be a mapping"),
         ("loss: {name: ce}\nname: [a]\n", "'name' must be a string"),
@@ -207,14 +212,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
 def test_a_file_with_a_section_of_the_wrong_type_is_rejected(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    done = retrain([str(bad)], tmp_path / "results", tmp_path / "data")
-    assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
+    with pytest.raises(ConfigError) as error:  # the command prints it in one line, exit 2
+        resolve(bad, {}, str(tmp_path))
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_negative_iteration_count_is_a_config_error(tmp_path):
+def test_out_of_range_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="retrain.fit.iterations must be > 0, got -5"):
         resolve(find_file("miou_bezier"), {"retrain.fit.iterations": "-5"}, str(tmp_path))
+    with pytest.raises(ConfigError, match="retrain.fit.lr must be a finite number, got nan"):
+        resolve(find_file("miou_bezier"), {"retrain.fit.lr": "nan"}, str(tmp_path))
+
+
+def test_the_batch_per_process_must_hold_whole_loss_groups(tmp_path):
+    from retrain.run import check_builds
+
+    tiny = {"data.params": "{size: 32, train: 8, holdout: 4, val: 4, test: 4}"}
+    cfg = resolve(find_file("miou_bezier"), {**tiny, "retrain.loss_group_size": "4"}, str(tmp_path))
+    cfg.processes, cfg.retrain.fit.batch_size = 2, 4  # 2 images per process, groups of 4
+    with pytest.raises(ConfigError, match="2 images each, not a multiple of retrain.loss_group"):
+        check_builds(cfg)
+    cfg.retrain.fit.batch_size = 8
+    check_builds(cfg)  # 4 per process: one whole group each
 
 
 def test_a_file_may_name_its_dataset_as_a_plain_word(tmp_path):

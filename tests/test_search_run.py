@@ -171,7 +171,6 @@ def test_other_controllers_run_end_to_end(controller, finished, tmp_path):
         (["miou", "search.controller=cma"], "unknown controller 'cma'.*did you mean 'cmaes'"),
         (["miou", "data=voc"], "VOC"),
         (["miou", "proxy.model_args.widht=8"], "widht"),
-        (["miou", "proxy.model_args={width:32}"], r"write \{width: 32\}"),
         (["miou", "ppo.lr=nan"], "ppo.lr must be a finite number, got nan"),
         (["--resume", "/tmp"], "is not a search run folder"),
         ([], "missing METRIC"),
