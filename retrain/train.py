@@ -167,7 +167,9 @@ def init_process_group() -> torch.device:
     cuda = torch.cuda.is_available()
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-        torch.set_num_threads(1)  # one core per CPU process
+        # the machine's cores shared by its processes (torch would give each all of them)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)

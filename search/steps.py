@@ -24,6 +24,7 @@ import yaml
 from results.files import write_csv, write_json, write_text
 from search.config import Config
 from search.space import initial_raw, raw_keys, to_theta
+from search.trial import SPEED_COLUMNS
 from surrogates import METRIC_COLUMNS
 
 
@@ -95,7 +96,7 @@ def record_result(state: SearchState, trial_id: str, job: dict, result: dict, me
     }
     if job["phase"] == "confirm":
         record["reward_used"] = reward  # a search trial's is set when its step closes
-    record.update({k: result.get(k, math.nan) for k in METRIC_COLUMNS})
+    record.update({k: result.get(k, math.nan) for k in (*METRIC_COLUMNS, *SPEED_COLUMNS)})
     state.records.append(record)
     return len(_round_records(state)) == state.round_size
 
@@ -256,7 +257,7 @@ def write_run_files(state: SearchState, run_dir: Path, metric: str) -> None:
     keys = raw_keys(len(initial_raw(metric)))
     columns = [
         "trial_id", "phase", "step", "sample", "candidate", "seed", "status", "reward",
-        "reward_used", *METRIC_COLUMNS, "seconds", "node", "reason", *keys,
+        "reward_used", *METRIC_COLUMNS, "seconds", *SPEED_COLUMNS, "node", "reason", *keys,
         *[key.replace("raw_", "theta_") for key in keys],
     ]  # fmt: skip
     records = sorted(state.records, key=lambda r: (r["step"], r["sample"], r["seed"]))

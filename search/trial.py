@@ -20,8 +20,11 @@ from experiments.config import build_train_set
 from search.config import Config
 from search.space import to_theta
 from segnets import build_segnet
-from segnets.engine import NonFiniteLossError, evaluate, fit, seed_everything
+from segnets.engine import NonFiniteLossError, TrainStats, evaluate, fit, seed_everything
 from surrogates import METRIC_COLUMNS, SurrogateLoss
+
+
+SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb")  # what speed_columns() adds to a result
 
 
 def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss:
@@ -67,7 +70,10 @@ def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict
             loss_fn = _explodes(loss_fn, at_iteration=2)
         seed_everything(seed)
         model = build_segnet(cfg.proxy.model, num_classes, **cfg.proxy.model_args)
-        fit(model, loss_fn, train_set, replace(cfg.proxy.fit, seed=seed, quiet=True), device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        fit_cfg = replace(cfg.proxy.fit, seed=seed, quiet=True)
+        stats = fit(model, loss_fn, train_set, fit_cfg, device)
         metrics = evaluate(
             model,
             eval_loader(reward_set, cfg.proxy.eval_batch_size),
@@ -77,6 +83,7 @@ def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict
             drop_background=cfg.search.reward_drop_background,
         )
         result = {k: metrics[k] for k in METRIC_COLUMNS} | {"status": "ok", "reason": ""}
+        result |= speed_columns(stats, device)
         if not math.isfinite(result[cfg.search.metric]):
             reason = f"{cfg.search.metric} undefined on the reward split"
             result.update(status="failed", reason=reason)
@@ -89,6 +96,17 @@ def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict
         result = {"status": "failed", "reason": last[:300]}
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def speed_columns(stats: TrainStats, device: str) -> dict:
+    """Training speed of a trial for trials.csv: iterations per second, the share of the time
+    spent waiting for data, the GPU's peak memory in GiB (NaN on CPU)."""
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else math.nan
+    return {
+        "it_per_s": stats.iterations / stats.seconds if stats.seconds > 0 else math.nan,
+        "data_wait": stats.data_wait,
+        "peak_gb": peak,
+    }
 
 
 def _explodes(loss_fn, at_iteration: int):

@@ -8,8 +8,9 @@ setup_training  the model on its device (DDP-wrapped under torch.distributed) an
 train_batches   the endless, iteration-addressed batch stream (data.train_loader): a resumed
                 run sees the batches an uninterrupted one would
 train_steps     iterations [start, stop): poly schedule with optional linear warm-up, loss = main
-                + aux_weight * aux, bf16 autocast on CUDA with the loss in float32, optional
-                channels_last, a non-finite loss check, progress lines
+                + aux_weight * aux, bf16 autocast on CUDA with the loss in float32, channels_last
+                on CUDA, a non-finite loss check without a host sync per step, progress lines;
+                returns how long the steps took and how long they waited for data
 fit             all of it from scratch: what a proxy trial trains
 evaluate        exact `SegMetrics` over a loader with a prediction procedure (max, T, rankdice)
 rng_state       the RNG states a checkpoint carries (plain tensors: loads with weights_only)
@@ -55,7 +56,10 @@ class FitConfig:
     warmup_iterations: int = 0  # linear warm-up from 0 over this many iterations
     aux_weight: float = 0.4  # weight of the auxiliary head's loss (when the model has one)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False
+    # CUDA only: NHWC activations (faster convolutions on tensor cores) and cuDNN's autotuner,
+    # which pays off because training crops have one fixed size
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
     sync_bn: bool = False  # under DDP on CUDA, BatchNorm statistics over all processes (SyncBN)
     workers: int = 0  # data loader worker processes
     seed: int = 0  # data order and augmentation
@@ -106,14 +110,37 @@ def process_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def _mean_over_processes(value: torch.Tensor, world_size: int) -> float:
-    """The loss averaged over processes: one sync per step, needed for the non-finite check
-    anyway; all ranks see the same value, so a NaN on one stops all instead of hanging them."""
+CHECK_EVERY = 50  # iterations between reads of the losses (one host sync each)
+
+
+@dataclass
+class TrainStats:
+    """What a run of training steps took: iterations, wall seconds, seconds blocked on data."""
+
+    iterations: int = 0
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+
+    @property
+    def data_wait(self) -> float:
+        """Share of the wall time spent waiting for batches."""
+        return self.data_seconds / self.seconds if self.seconds > 0 else math.nan
+
+
+def _read_losses(losses: torch.Tensor, first: int, world_size: int) -> list[float]:
+    """The losses of iterations first, first + 1, ... (kept on the device), averaged over the
+    processes, on the host: the one sync of a window of steps. A non-finite one raises
+    NonFiniteLossError naming its iteration; every rank reads the same values at the same
+    iterations, so a NaN on one stops all instead of hanging the others."""
     if world_size > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= world_size
-    return float(value)
+        losses = losses.clone()
+        dist.all_reduce(losses)
+        losses /= world_size
+    values = losses.tolist()
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(first + offset, value)
+    return values
 
 
 def rng_state() -> dict:
@@ -125,8 +152,8 @@ def rng_state() -> dict:
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only: each DDP rank saves its own
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -136,7 +163,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def seed_everything(seed: int) -> None:
@@ -167,8 +194,10 @@ def setup_training(
     if uses_sync_bn(cfg, world_size, device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BN layers in place
     model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
     net = model
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -207,23 +236,32 @@ def train_steps(
     device: torch.device,
     start: int,
     stop: int,
-) -> None:
+) -> TrainStats:
     """Train iterations [start, stop) of cfg.iterations on batches from `train_batches`.
 
-    loss_fn: (logits (N, C, H, W), target (N, H, W)) -> 0-dim loss, applied to both heads.
-    Raises NonFiniteLossError when the loss becomes NaN or inf (on every process at once)."""
+    loss_fn: (logits (N, C, H, W), target (N, H, W)) -> 0-dim loss, applied to both heads; a
+    loss module is moved to `device` (its tables with it). Nothing in a step waits for the GPU:
+    the losses stay on the device and are read every CHECK_EVERY iterations and at `stop`,
+    where a NaN or inf raises NonFiniteLossError with its iteration (on every process at once).
+    """
     rank, world_size = process_rank()
     autocast = device.type == "cuda" and cfg.amp
-    verbose = not cfg.quiet and cfg.log_every > 0 and rank == 0
-    started, loss_sum, loss_count = time.perf_counter(), 0.0, 0
+    channels_last = device.type == "cuda" and cfg.channels_last
+    logging = not cfg.quiet and cfg.log_every > 0  # the same on every rank: reads all-reduce
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
+    stats, started = TrainStats(), time.perf_counter()
+    losses, first, shown = torch.zeros(CHECK_EVERY, device=device), start, []
     net.train()
     for iteration in range(start, stop):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, iteration, group["lr_mult"])
+        waited = time.perf_counter()
         images, target = next(batches)
+        stats.data_seconds += time.perf_counter() - waited
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
-        if cfg.channels_last:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = net(images)
@@ -231,24 +269,28 @@ def train_steps(
         # the loss never sees bf16-rounded ones; .float() covers a model that does not
         outputs = {k: v.float() for k, v in outputs.items()}
         loss = compute_loss(outputs, target, loss_fn, cfg.aux_weight)
-        value = _mean_over_processes(loss.detach(), world_size)  # every rank stops together
-        if not math.isfinite(value):
-            raise NonFiniteLossError(iteration, value)
+        losses[iteration - first] = loss.detach()  # a device copy, no sync
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum, loss_count = loss_sum + value, loss_count + 1
 
         done = iteration + 1
-        if verbose and (done % cfg.log_every == 0 or done == cfg.iterations):
+        log = logging and (done % cfg.log_every == 0 or done == cfg.iterations)
+        if log or done - first == CHECK_EVERY or done == stop:
+            values = _read_losses(losses[: done - first], first, world_size)
+            shown, first = shown + values if logging else [], done
+        if log and rank == 0:
             rate = (done - start) / (time.perf_counter() - started)
             print(
-                f"iter {done}/{cfg.iterations}  loss {loss_sum / loss_count:.4f}  "
+                f"iter {done}/{cfg.iterations}  loss {sum(shown) / len(shown):.4f}  "
                 f"lr {lr_at(cfg, iteration):.5f}  "
                 f"{rate:.2f} it/s  eta {_format_seconds((cfg.iterations - done) / rate)}",
                 flush=True,
             )
-            loss_sum, loss_count = 0.0, 0
+        if log:
+            shown = []
+    stats.iterations, stats.seconds = stop - start, time.perf_counter() - started
+    return stats
 
 
 def fit(
@@ -257,14 +299,13 @@ def fit(
     train_set: torch.utils.data.Dataset,
     cfg: FitConfig,
     device: str | torch.device = "cpu",
-) -> nn.Module:
-    """Train `model` from scratch for cfg.iterations steps on `train_set` and return it (a proxy
+) -> TrainStats:
+    """Train `model` (in place) from scratch for cfg.iterations steps on `train_set` (a proxy
     trial; retrain/train.py runs the same steps between evaluations and checkpoints)."""
     device = torch.device(device)
     net, optimizer = setup_training(model, cfg, device)
     batches = train_batches(train_set, cfg, device)
-    train_steps(net, optimizer, loss_fn, batches, cfg, device, 0, cfg.iterations)
-    return model
+    return train_steps(net, optimizer, loss_fn, batches, cfg, device, 0, cfg.iterations)
 
 
 def predict(logits: torch.Tensor, procedure: str = "max") -> torch.Tensor:

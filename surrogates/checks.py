@@ -1,6 +1,12 @@
-"""Input checks shared by the losses and metrics: one-line `ValueError`s that name the bad value."""
+"""Input checks shared by the losses and metrics: one-line `ValueError`s that name the bad value.
+
+Checks that read tensor values (labels in range, a finite loss) make the host wait for the GPU,
+so the losses run them on their first call only, and on every call with `debug` (or SLS_DEBUG=1
+in the environment); shape and dtype checks cost nothing and always run.
+"""
 
 import difflib
+import os
 from collections.abc import Iterable
 
 import torch
@@ -15,10 +21,20 @@ def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ValueError:
     return ValueError(f"unknown {kind} '{name}'; valid: {', '.join(valid)}{hint}")
 
 
+def debug_default() -> bool:
+    """Whether losses check values on every call unless told otherwise (SLS_DEBUG=1)."""
+    return os.environ.get("SLS_DEBUG", "0") not in ("", "0")
+
+
 def check_logits_target(
-    logits: torch.Tensor, target: torch.Tensor, num_classes: int | None, ignore_index: int
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int | None,
+    ignore_index: int,
+    values: bool = True,
 ) -> None:
-    """Shapes (N, C, H, W) and (N, H, W), integer target in [0, C) or ignore_index."""
+    """Shapes (N, C, H, W) and (N, H, W), integer target; with `values` (a host sync) also
+    every label in [0, C) or ignore_index."""
     if logits.dim() != 4:
         raise ValueError(f"logits must be N x C x H x W, got shape {tuple(logits.shape)}")
     if num_classes is not None and logits.shape[1] != num_classes:
@@ -34,6 +50,8 @@ def check_logits_target(
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if not values:
+        return
     bad = (target != ignore_index) & ((target < 0) | (target >= c))
     if bad.any():
         value = int(target[bad][0])

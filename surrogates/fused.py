@@ -6,7 +6,10 @@ compiled on first call with dynamic shapes, so one compilation serves every tens
 pass 1-D tensors and tensor-valued constants so that no Python number is baked into the graph.
 
 SLS_COMPILE=0 turns compilation off. Where compilation fails (no C++ compiler, no triton) the
-eager function runs instead, after one warning: the values are the same, only slower.
+eager function runs instead, after one warning: the values are the same, only slower. Only a
+compiler's failure switches to eager; an error of the computation itself (CUDA out of memory,
+a bad input) is raised as it would be in eager mode, so that the caller's failure handling sees
+it and later calls keep the compiled kernels.
 """
 
 import functools
@@ -19,7 +22,25 @@ import torch
 _enabled = os.environ.get("SLS_COMPILE", "1") != "0"
 
 
-def fused(fn: Callable) -> Callable:
+def is_compile_error(error: BaseException) -> bool:
+    """True for a failure of dynamo or inductor (tracing, lowering, the C++/triton build), not
+    for an error the computation raised, which dynamo may wrap (an OOM inside autotuning)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, torch.OutOfMemoryError):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    module = type(error).__module__ or ""
+    return isinstance(error, TorchDynamoException | InductorError) or module.startswith(
+        ("torch._dynamo", "torch._inductor", "triton")
+    )
+
+
+def fused(fn: Callable, compile_fn: Callable = functools.partial(torch.compile, dynamic=True)):
+    """`fn`, compiled on its first call by `compile_fn` (torch.compile with dynamic shapes)."""
     compiled = None
 
     @functools.wraps(fn)
@@ -29,10 +50,12 @@ def fused(fn: Callable) -> Callable:
         if not _enabled:
             return fn(*args)
         if compiled is None:
-            compiled = torch.compile(fn, dynamic=True)
+            compiled = compile_fn(fn)
         try:
             return compiled(*args)
-        except Exception as error:  # the compiler's failure modes are many; eager is always right
+        except Exception as error:
+            if not is_compile_error(error):
+                raise
             warnings.warn(f"torch.compile unavailable ({error}); using eager kernels", stacklevel=2)
             _enabled = False
             return fn(*args)

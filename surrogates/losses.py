@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surrogates.checks import check_finite, check_logits_target, unknown_name
+from surrogates.checks import check_finite, check_logits_target, debug_default, unknown_name
 from surrogates.surrogate import SurrogateLoss
 
 _LOSSES: dict[str, Callable[..., nn.Module]] = {}  # name -> builder
@@ -48,18 +48,24 @@ def build_loss(name: str, **kwargs) -> nn.Module:
 class _PixelLoss(nn.Module):
     """Shared checks and float32 promotion; subclasses implement `score`."""
 
-    def __init__(self, ignore_index: int = 255, num_classes: int | None = None):
+    def __init__(
+        self, ignore_index: int = 255, num_classes: int | None = None, debug: bool | None = None
+    ):
         super().__init__()
         self.ignore_index = ignore_index
         self.num_classes = num_classes
+        self.debug = debug_default() if debug is None else debug  # value checks on every call
+        self.values_checked = False
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_logits_target(logits, target, self.num_classes, self.ignore_index)
+        check_values = self.debug or not self.values_checked  # surrogates/checks.py
+        check_logits_target(logits, target, self.num_classes, self.ignore_index, check_values)
         with torch.autocast(logits.device.type, enabled=False):
             z = logits if logits.dtype == torch.float64 else logits.float()
             loss = self.score(z, target.long())
-        if not torch.isfinite(loss):
+        if check_values and not torch.isfinite(loss):
             check_finite(logits, loss)
+        self.values_checked = True
         return loss
 
     def valid_probs(self, z, target):
@@ -88,7 +94,7 @@ class FocalLoss(_PixelLoss):
         log_pt = -F.cross_entropy(z, target, ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
         focal = -((1 - log_pt.exp()) ** self.gamma) * log_pt
-        return focal[valid].sum() / valid.sum().clamp(min=1)
+        return (focal * valid).sum() / valid.sum().clamp(min=1)  # a mask, no sync
 
 
 class DiceLoss(_PixelLoss):
@@ -143,32 +149,49 @@ def _mean_present(per_class: torch.Tensor, gt_count: torch.Tensor) -> torch.Tens
 
 
 @register_loss
-def ce(ignore_index: int = 255, num_classes: int | None = None) -> nn.Module:
-    return CrossEntropy(ignore_index=ignore_index, num_classes=num_classes)
+def ce(
+    ignore_index: int = 255, num_classes: int | None = None, debug: bool | None = None
+) -> nn.Module:
+    return CrossEntropy(ignore_index=ignore_index, num_classes=num_classes, debug=debug)
 
 
 @register_loss
-def focal(gamma: float = 2.0, ignore_index: int = 255, num_classes: int | None = None) -> nn.Module:
-    return FocalLoss(gamma=gamma, ignore_index=ignore_index, num_classes=num_classes)
+def focal(
+    gamma: float = 2.0,
+    ignore_index: int = 255,
+    num_classes: int | None = None,
+    debug: bool | None = None,
+) -> nn.Module:
+    return FocalLoss(gamma=gamma, ignore_index=ignore_index, num_classes=num_classes, debug=debug)
 
 
 @register_loss
 def dice(
-    smooth: float = 1e-6, ignore_index: int = 255, num_classes: int | None = None
+    smooth: float = 1e-6,
+    ignore_index: int = 255,
+    num_classes: int | None = None,
+    debug: bool | None = None,
 ) -> nn.Module:
-    return DiceLoss(smooth=smooth, ignore_index=ignore_index, num_classes=num_classes)
+    return DiceLoss(smooth=smooth, ignore_index=ignore_index, num_classes=num_classes, debug=debug)
 
 
 @register_loss
 def jaccard(
-    smooth: float = 1e-6, ignore_index: int = 255, num_classes: int | None = None
+    smooth: float = 1e-6,
+    ignore_index: int = 255,
+    num_classes: int | None = None,
+    debug: bool | None = None,
 ) -> nn.Module:
-    return JaccardLoss(smooth=smooth, ignore_index=ignore_index, num_classes=num_classes)
+    return JaccardLoss(
+        smooth=smooth, ignore_index=ignore_index, num_classes=num_classes, debug=debug
+    )
 
 
 @register_loss
-def lovasz(ignore_index: int = 255, num_classes: int | None = None) -> nn.Module:
-    return LovaszSoftmax(ignore_index=ignore_index, num_classes=num_classes)
+def lovasz(
+    ignore_index: int = 255, num_classes: int | None = None, debug: bool | None = None
+) -> nn.Module:
+    return LovaszSoftmax(ignore_index=ignore_index, num_classes=num_classes, debug=debug)
 
 
 @register_loss

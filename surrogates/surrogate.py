@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from surrogates.boundary import dilate, erode3x3, label_edges, one_hot_masked
-from surrogates.checks import check_finite, check_logits_target, unknown_name
+from surrogates.checks import check_finite, check_logits_target, debug_default, unknown_name
 from surrogates.curves import (
     METRIC_CURVES,
     bezier,
@@ -76,6 +76,8 @@ class SurrogateLoss(nn.Module):
             process group is initialised.
         region_weight: w >= 0, for biou and bf1 only: adds w * (1 - soft mIoU with identity
             curves), which stops a boundary loss from collapsing region quality (A§6.2).
+        debug: check label values and a finite loss on every call (they wait for the GPU);
+            otherwise on the first call only. None: SLS_DEBUG=1 in the environment.
 
     Shape:
         logits (N, C, H, W) at label size, any float dtype (computed in >= float32, also under
@@ -96,6 +98,7 @@ class SurrogateLoss(nn.Module):
         sync: bool = False,
         region_weight: float = 0.0,
         group_size: int | None = None,
+        debug: bool | None = None,
     ):
         super().__init__()
         if metric not in METRICS:
@@ -138,6 +141,8 @@ class SurrogateLoss(nn.Module):
         self.group_size = group_size
         self.sync = sync
         self.region_weight = float(region_weight)
+        self.debug = debug_default() if debug is None else debug
+        self.values_checked = False
         tables = torch.stack(curve_tables(self.theta, METRIC_CURVES[metric]))
         self.register_buffer("tables", tables, persistent=False)  # (curves, pieces, 7)
 
@@ -185,7 +190,8 @@ class SurrogateLoss(nn.Module):
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_logits_target(logits, target, self.num_classes, self.ignore_index)
+        check_values = self.debug or not self.values_checked  # surrogates/checks.py
+        check_logits_target(logits, target, self.num_classes, self.ignore_index, check_values)
         # The loss is computed in float32 or better even under autocast (A§8.2).
         with torch.autocast(logits.device.type, enabled=False):
             z = logits if logits.dtype == torch.float64 else logits.float()
@@ -203,8 +209,9 @@ class SurrogateLoss(nn.Module):
                 loss = 1 - self._iou(p, labels, weight, self.tables[0], self.tables[1], fw)
             if self.region_weight > 0:
                 loss = loss + self.region_weight * (1 - self._iou(p, labels, valid, None, None))
-        if not torch.isfinite(loss):
+        if check_values and not torch.isfinite(loss):
             check_finite(logits, loss)
+        self.values_checked = True
         return loss
 
     # --- pieces -------------------------------------------------------------------------------

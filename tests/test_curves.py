@@ -173,3 +173,33 @@ def test_bad_control_points_are_rejected(theta, message):
 def test_unknown_preset_suggests_the_close_name():
     with pytest.raises(ValueError, match="did you mean 'asl-voc-miou'"):
         preset_theta("asl-voc-mio", "miou")
+
+
+def test_fused_falls_back_to_eager_on_compile_errors_only(monkeypatch):
+    """A compiler failure switches to eager kernels with one warning; an error of the
+    computation (CUDA out of memory) reaches the caller and keeps compilation on."""
+    import surrogates.fused as fused_module
+
+    monkeypatch.setattr(fused_module, "_enabled", True)  # restored after the test
+
+    def double(x):
+        return 2 * x
+
+    def out_of_memory(fn):
+        def run(*args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return run
+
+    oom = fused_module.fused(double, compile_fn=out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        oom(torch.ones(3))
+    assert fused_module._enabled
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    broken = fused_module.fused(double, compile_fn=lambda fn: torch.compile(fn, backend=no_compiler))
+    with pytest.warns(UserWarning, match="using eager kernels"):
+        assert broken(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+    assert not fused_module._enabled

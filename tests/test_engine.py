@@ -13,6 +13,7 @@ from data.transforms import eval_transforms, train_transforms
 from segnets import build_segnet
 from segnets.engine import (
     FitConfig,
+    CHECK_EVERY,
     NonFiniteLossError,
     evaluate,
     fit,
@@ -102,14 +103,17 @@ def test_fit_learns_and_is_deterministic(shapes_root):
         iterations=200, batch_size=16, lr=0.01, optimizer="adamw", head_lr_mult=1, quiet=True
     )
     before = holdout_metrics(make_model(), shapes_root)
-    model = fit(make_model(), build_loss("ce"), train_set(shapes_root), cfg)
+    model = make_model()
+    stats = fit(model, build_loss("ce"), train_set(shapes_root), cfg)
+    assert stats.iterations == 200 and 0 < stats.data_seconds < stats.seconds
     after = holdout_metrics(model, shapes_root)
     all_background = SegMetrics(7)
     for _, target in data.eval_loader(Shapes(shapes_root, "holdout", **SHAPES), 16):
         all_background.update(torch.zeros_like(target), target)
     assert after["miou"] > before["miou"] + 0.05
     assert after["miou"] > all_background.compute()["miou"] + 0.02
-    again = fit(make_model(), build_loss("ce"), train_set(shapes_root), cfg)
+    again = make_model()
+    fit(again, build_loss("ce"), train_set(shapes_root), cfg)
     assert torch.equal(weights(model), weights(again))  # bit-identical on CPU
 
 
@@ -129,7 +133,8 @@ def test_steps_continued_from_a_saved_state_end_with_the_same_weights(shapes_roo
     loss = build_loss("surrogate", metric="miou", theta="identity", num_classes=7)
     device = torch.device("cpu")
     # the aux head has dropout: the restored RNG state matters
-    whole = fit(make_model(aux=True), loss, train_set(shapes_root), cfg)
+    whole = make_model(aux=True)
+    fit(whole, loss, train_set(shapes_root), cfg)
 
     model = make_model(aux=True)
     net, optimizer = setup_training(model, cfg, device)
@@ -151,22 +156,23 @@ def test_steps_continued_from_a_saved_state_end_with_the_same_weights(shapes_roo
     assert not torch.equal(weights(whole), weights(make_model(aux=True)))
 
 
-def test_non_finite_loss_names_the_iteration(shapes_root):
+@pytest.mark.parametrize("explode_at", [7, CHECK_EVERY + 3])
+def test_non_finite_loss_names_the_iteration(shapes_root, explode_at):
+    """The losses are read every CHECK_EVERY iterations (no host sync per step); the error
+    still names the first non-finite iteration, in any window, and training stops there."""
     calls = []
 
-    def explodes_at_7(logits, target):
+    def explodes(logits, target):
         calls.append(1)
         loss = nn.functional.cross_entropy(logits, target, ignore_index=255)
-        return loss * math.inf if len(calls) == 8 else loss
+        return loss * math.inf if len(calls) == explode_at + 1 else loss
 
-    with pytest.raises(NonFiniteLossError, match="iteration 7") as error:
-        fit(
-            make_model(),
-            explodes_at_7,
-            train_set(shapes_root),
-            FitConfig(iterations=20, batch_size=4, quiet=True),
-        )
-    assert error.value.iteration == 7
+    cfg = FitConfig(iterations=CHECK_EVERY + 10, batch_size=2, quiet=True)
+    with pytest.raises(NonFiniteLossError, match=f"iteration {explode_at}") as error:
+        fit(make_model(), explodes, train_set(shapes_root), cfg)
+    assert error.value.iteration == explode_at
+    read_at = CHECK_EVERY if explode_at < CHECK_EVERY else cfg.iterations
+    assert len(calls) == read_at  # training went on to the window's end, not beyond
 
 
 def test_predict_procedures_and_whole_image_evaluation():

@@ -118,9 +118,13 @@ def test_baselines_ignore_void_and_reject_bad_input(name):
     assert (logits.grad[void] == 0).all()
     bad = target.clone()
     bad[0, 0, 0] = 9
-    with pytest.raises(ValueError, match="label 9"):
-        loss(logits, bad)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="label 9"):  # values are checked on the first call
+        build_loss(name)(logits, bad)
+    with pytest.raises(ValueError, match="does not match"):  # shapes on every call
         loss(logits, target[:, 1:])
+    checked = build_loss(name, debug=True)  # values on every call (they wait for the GPU)
+    checked(logits, target)
+    with pytest.raises(ValueError, match="label 9"):
+        checked(logits, bad)
     with pytest.raises(ValueError, match="non-finite"):
-        loss(logits.detach() * float("inf"), target)
+        checked(logits.detach() * float("inf"), target)

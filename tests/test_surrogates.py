@@ -241,3 +241,40 @@ def test_from_file_builds_the_exported_loss(tmp_path):
         SurrogateLoss.from_file(path)
     with pytest.raises(ValueError, match="not found"):
         SurrogateLoss.from_file(tmp_path / "missing.yaml", num_classes=5)
+
+
+def test_tables_are_buffers_that_follow_the_module_and_are_built_once():
+    """The curve tables move with .to() (a GPU loss holds them on the GPU: no host -> device
+    copy per call) and a forward pass neither rebuilds nor moves them."""
+    import copy
+
+    loss = SurrogateLoss("bf1", "identity", 4)
+    assert dict(loss.named_buffers())["tables"] is loss.tables
+    assert loss.tables.dtype == torch.float64
+    meta = copy.deepcopy(loss).to("meta")
+    assert meta.tables.device.type == "meta" and meta.tables.shape == loss.tables.shape
+    assert copy.deepcopy(loss).float().tables.dtype == torch.float32
+    table, address = loss.tables, loss.tables.data_ptr()
+    logits = random_logits(2, 4, 16, 16, seed=0)
+    for _ in range(2):
+        loss(logits, blob_target(2, 16, 16, 4, seed=1))
+    assert loss.tables is table and loss.tables.data_ptr() == address
+
+
+def test_value_checks_run_on_the_first_call_or_with_debug():
+    """Label and finiteness checks make the host wait for the GPU: first call only, unless
+    debug (or SLS_DEBUG=1)."""
+    logits, target = random_logits(1, 3, 8, 8, seed=0), blob_target(1, 8, 8, 3, seed=1)
+    bad = target.clone()
+    bad[0, 0, 0] = 7
+    with pytest.raises(ValueError, match="label 7"):
+        SurrogateLoss("miou", "identity", 3)(logits, bad)
+    loss = SurrogateLoss("miou", "identity", 3)
+    loss(logits, target)
+    assert torch.isnan(loss(logits * float("nan"), target))  # not checked after the first call
+    debug = SurrogateLoss("miou", "identity", 3, debug=True)
+    debug(logits, target)
+    with pytest.raises(ValueError, match="non-finite"):
+        debug(logits * float("nan"), target)
+    with pytest.raises(ValueError, match="label 7"):
+        debug(logits, bad)
