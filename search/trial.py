@@ -23,7 +23,6 @@ from segnets import build_segnet
 from segnets.engine import NonFiniteLossError, TrainStats, evaluate, fit, seed_everything
 from surrogates import METRIC_COLUMNS, SurrogateLoss
 
-
 SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb")  # what speed_columns() adds to a result
 
 

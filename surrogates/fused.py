@@ -39,7 +39,11 @@ def is_compile_error(error: BaseException) -> bool:
     )
 
 
-def fused(fn: Callable, compile_fn: Callable = functools.partial(torch.compile, dynamic=True)):
+def _compile(fn: Callable) -> Callable:
+    return torch.compile(fn, dynamic=True)
+
+
+def fused(fn: Callable, compile_fn: Callable = _compile) -> Callable:
     """`fn`, compiled on its first call by `compile_fn` (torch.compile with dynamic shapes)."""
     compiled = None
 

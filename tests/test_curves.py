@@ -199,7 +199,9 @@ def test_fused_falls_back_to_eager_on_compile_errors_only(monkeypatch):
     def no_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler")
 
-    broken = fused_module.fused(double, compile_fn=lambda fn: torch.compile(fn, backend=no_compiler))
+    broken = fused_module.fused(
+        double, compile_fn=lambda fn: torch.compile(fn, backend=no_compiler)
+    )
     with pytest.warns(UserWarning, match="using eager kernels"):
         assert broken(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
     assert not fused_module._enabled

@@ -12,8 +12,8 @@ from data.shapes import Shapes
 from data.transforms import eval_transforms, train_transforms
 from segnets import build_segnet
 from segnets.engine import (
-    FitConfig,
     CHECK_EVERY,
+    FitConfig,
     NonFiniteLossError,
     evaluate,
     fit,
