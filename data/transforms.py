@@ -31,7 +31,7 @@ STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 
-def _fit_size(h: int, w: int, scale: tuple[int, int]) -> list[int]:
+def fit_size(h: int, w: int, scale: tuple[int, int]) -> list[int]:
     """(h, w) resized to fit inside scale = (long side, short side), keeping the aspect ratio
     (mmseg's keep_ratio rescale)."""
     long_side, short_side = max(scale), min(scale)
@@ -49,7 +49,7 @@ class RandomRescale:
         low, high = self.ratio_range
         ratio = low + (high - low) * float(torch.rand(()))  # torch RNG: seeded per sample
         scale = (round(self.scale[0] * ratio), round(self.scale[1] * ratio))
-        size = _fit_size(*image.shape[-2:], scale)
+        size = fit_size(*image.shape[-2:], scale)
         return TF.resize(image, size), TF.resize(target, size)
 
 
@@ -61,7 +61,7 @@ class ResizeToFit:
         self.scale, self.image_only = scale, image_only
 
     def __call__(self, image, target):
-        size = _fit_size(*image.shape[-2:], self.scale)
+        size = fit_size(*image.shape[-2:], self.scale)
         return TF.resize(image, size), target if self.image_only else TF.resize(target, size)
 
 
@@ -106,10 +106,17 @@ class RandomHorizontalFlip:
         return image, target
 
 
+# The photometric draws of one image, in the order drawn (a row of PhotometricDistortion.draw)
+PHOTOMETRIC_PARAMS = (
+    "brightness", "beta", "contrast_first", "contrast", "alpha", "saturation", "saturation_alpha",
+    "hue", "hue_shift",
+)  # fmt: skip
+
+
 class PhotometricDistortion:
     """mmseg's PhotoMetricDistortion (the reference's VOC and Cityscapes pipelines, SPEC A§5-6)
-    on a uint8 (3, H, W) image. Each step runs with probability 0.5 and ends in uint8 (clipped,
-    then truncated, as mmseg's `convert`):
+    on uint8 images. Each step runs with probability 0.5 and ends in uint8 (clipped, then
+    truncated, as mmseg's `convert`):
 
         brightness   + b,  b ~ U(-32, 32)
         contrast     * a,  a ~ U(0.5, 1.5)       before the two HSV steps or after them (50/50)
@@ -117,7 +124,12 @@ class PhotometricDistortion:
         hue          H + k mod 180, k an integer in [-18, 18)   (OpenCV's H unit is 2 degrees)
 
     Colour channels are never swapped: torchvision's RandomPhotometricDistort permutes them,
-    mmdet's version did, mmseg's does not. The labels are left alone."""
+    mmdet's version did, mmseg's does not. The labels are left alone.
+
+    `draw()` makes one image's random choices and `apply(images, params)` carries them out on a
+    batch (N, 3, H, W) at once, on any device: training draws per sample in the loader, under
+    the sample's seed, and applies on the GPU (TrainAugment). Calling the object does both for
+    one image."""
 
     def __init__(
         self,
@@ -132,26 +144,49 @@ class PhotometricDistortion:
 
     def __call__(self, image, target):
         pixels = image.as_subclass(torch.Tensor)
-        if _coin():
-            pixels = scale_shift(
-                pixels, beta=_uniform(-self.brightness_delta, self.brightness_delta)
-            )
+        return tv_tensors.Image(self.apply(pixels[None], self.draw()[None])[0]), target
+
+    def draw(self) -> torch.Tensor:
+        """(len(PHOTOMETRIC_PARAMS),) float32: the coins (0/1) and values of one image."""
+        delta = self.brightness_delta
+        brightness = _coin()
+        beta = _uniform(-delta, delta) if brightness else 0.0
         contrast_first = _coin()
-        if contrast_first and _coin():
-            pixels = scale_shift(pixels, alpha=_uniform(*self.contrast_range))
-        if _coin():
-            hsv = rgb_to_hsv(pixels)
-            hsv[1] = scale_shift(hsv[1], alpha=_uniform(*self.saturation_range))
-            pixels = hsv_to_rgb(hsv)
-        if _coin():
-            hsv = rgb_to_hsv(pixels)
-            delta = self.hue_delta
-            shift = int(torch.randint(-delta, delta, ())) if delta else 0
-            hsv[0] = (hsv[0].long() + shift) % 180
-            pixels = hsv_to_rgb(hsv)
-        if not contrast_first and _coin():
-            pixels = scale_shift(pixels, alpha=_uniform(*self.contrast_range))
-        return tv_tensors.Image(pixels), target
+        contrast = _coin() if contrast_first else False
+        alpha = _uniform(*self.contrast_range) if contrast else 1.0
+        saturation = _coin()
+        saturation_alpha = _uniform(*self.saturation_range) if saturation else 1.0
+        hue = _coin()
+        delta = self.hue_delta
+        hue_shift = int(torch.randint(-delta, delta, ())) if hue and delta else 0
+        if not contrast_first:
+            contrast = _coin()
+            alpha = _uniform(*self.contrast_range) if contrast else 1.0
+        values = (brightness, beta, contrast_first, contrast, alpha, saturation,
+                  saturation_alpha, hue, hue_shift)  # fmt: skip
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
+
+    @staticmethod
+    def apply(pixels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) images distorted by their rows of `draw()` params (N, 9)."""
+        columns = params.to(pixels.device).T.reshape(-1, len(pixels), 1, 1, 1)  # (9, N, 1, 1, 1)
+        p = dict(zip(PHOTOMETRIC_PARAMS, columns, strict=True))
+        on = {
+            k: p[k] > 0.5 for k in ("brightness", "contrast_first", "contrast", "saturation", "hue")
+        }
+        pixels = torch.where(on["brightness"], scale_shift(pixels, beta=p["beta"]), pixels)
+        contrast = on["contrast"] & on["contrast_first"]
+        pixels = torch.where(contrast, scale_shift(pixels, alpha=p["alpha"]), pixels)
+        hsv = rgb_to_hsv(pixels)
+        saturated = scale_shift(hsv[:, 1:2], alpha=p["saturation_alpha"])
+        hsv = torch.cat([hsv[:, :1], saturated, hsv[:, 2:]], dim=1)
+        pixels = torch.where(on["saturation"], hsv_to_rgb(hsv), pixels)
+        hsv = rgb_to_hsv(pixels)
+        hue = (hsv[:, :1].long() + p["hue_shift"].long()) % 180
+        hsv = torch.cat([hue.to(torch.uint8), hsv[:, 1:]], dim=1)
+        pixels = torch.where(on["hue"], hsv_to_rgb(hsv), pixels)
+        contrast = on["contrast"] & ~on["contrast_first"]
+        return torch.where(contrast, scale_shift(pixels, alpha=p["alpha"]), pixels)
 
 
 def _coin() -> bool:
@@ -162,19 +197,20 @@ def _uniform(low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand(()))
 
 
-def scale_shift(pixels: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
-    """uint8 -> alpha * x + beta, clipped to [0, 255] and truncated to uint8 (mmseg's convert)."""
+def scale_shift(pixels: torch.Tensor, alpha=1.0, beta=0.0) -> torch.Tensor:
+    """uint8 -> alpha * x + beta, clipped to [0, 255] and truncated to uint8 (mmseg's convert).
+    alpha and beta: numbers, or float32 tensors that broadcast (one value per image)."""
     return (pixels.float() * alpha + beta).clamp_(0, 255).to(torch.uint8)
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 (3, H, W) RGB -> uint8 HSV in OpenCV's ranges: H in [0, 180) (2 degrees a unit),
-    S and V in [0, 255], each rounded to the nearest integer."""
+    """uint8 (..., 3, H, W) RGB -> uint8 HSV in OpenCV's ranges: H in [0, 180) (2 degrees a
+    unit), S and V in [0, 255], each rounded to the nearest integer."""
     x = rgb.float()
-    value, low = x.max(0).values, x.min(0).values
+    value, low = x.max(-3).values, x.min(-3).values
     chroma = value - low
     saturation = torch.where(value > 0, 255 * chroma / value.clamp(min=1), 0)
-    r, g, b = x
+    r, g, b = x.unbind(-3)
     safe = chroma.clamp(min=1)
     hue = torch.where(
         value == r,
@@ -182,13 +218,13 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
         torch.where(value == g, 120 + 60 * (b - r) / safe, 240 + 60 * (r - g) / safe),
     )
     hue = torch.where(chroma > 0, hue % 360, 0)
-    hsv = torch.stack([(hue / 2).round() % 180, saturation.round(), value])
+    hsv = torch.stack([(hue / 2).round() % 180, saturation.round(), value], dim=-3)
     return hsv.to(torch.uint8)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rgb_to_hsv`: uint8 OpenCV-range HSV -> uint8 RGB, rounded."""
-    hue, saturation, value = hsv.float()
+    """Inverse of `rgb_to_hsv`: uint8 OpenCV-range HSV (..., 3, H, W) -> uint8 RGB, rounded."""
+    hue, saturation, value = hsv.float().unbind(-3)
     sector = hue * 2 / 60  # (H, W) in [0, 6)
     # f(n) = V - V S max(0, min(k, 4 - k, 1)) with k = (n + H / 60) mod 6: R, G, B for n = 5, 3, 1
     channels = []
@@ -196,23 +232,75 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
         k = (n + sector) % 6
         weight = torch.minimum(torch.minimum(k, 4 - k), torch.ones_like(k)).clamp(min=0)
         channels.append(value - value * saturation / 255 * weight)
-    return torch.stack(channels).round().clamp(0, 255).to(torch.uint8)
+    return torch.stack(channels, dim=-3).round().clamp(0, 255).to(torch.uint8)
 
 
 class Normalize:
     """uint8 image -> float32, ImageNet-normalised; labels -> int64. Plain tensors out."""
 
     def __init__(self):
-        self.shift = torch.tensor(MEAN).view(3, 1, 1) * 255
-        self.scale = 1 / (torch.tensor(STD).view(3, 1, 1) * 255)
+        shift = torch.tensor(MEAN).view(3, 1, 1) * 255
+        scale = 1 / (torch.tensor(STD).view(3, 1, 1) * 255)
+        self.constants = {torch.device("cpu"): (shift, scale)}  # by device, each copied once
 
     def __call__(self, image, target):
-        image = image.as_subclass(torch.Tensor).float().sub_(self.shift).mul_(self.scale)
+        device = image.device
+        if device not in self.constants:
+            self.constants[device] = tuple(
+                c.to(device) for c in self.constants[torch.device("cpu")]
+            )
+        shift, scale = self.constants[device]
+        image = image.as_subclass(torch.Tensor).float().sub_(shift).mul_(scale)
         return image, target.as_subclass(torch.Tensor).long()
 
 
 def _finish() -> list[Callable]:
     return [Normalize()]
+
+
+class TrainAugment:
+    """The training augmentation in two halves. Per sample, in the loader: rescale and crop
+    (image sizes differ until the crop), then the draws of the flip and the photometric
+    distortion, made under the sample's seed in the order the per-sample steps make them.
+    Per batch (`on_batch`, on the training device): flip, distortion, normalisation.
+
+    With batch_wise=False a call runs both halves on the one sample (image float, normalised);
+    with batch_wise=True it returns (uint8 image, uint8 labels, draws) for `on_batch`, which the
+    engine's batch stream applies on the GPU: a quarter of the bytes to copy, and the pixel work
+    off the loader's CPU. Both give the same numbers for the same seed."""
+
+    def __init__(self, sample_steps: list[Callable], flip: bool, photometric: bool, batch_wise):
+        self.sample_steps = sample_steps
+        self.flip_p = 0.5 if flip else 0.0
+        self.photometric = PhotometricDistortion() if photometric else None
+        self.batch_wise = batch_wise
+        self.normalize = Normalize()
+
+    def __call__(self, image, target):
+        for step in self.sample_steps:
+            image, target = step(image, target)
+        draws = self.draw()
+        image, target = image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
+        if self.batch_wise:
+            return image, target.to(torch.uint8), draws  # labels are 0..255
+        images, targets = self.on_batch(image[None], target[None], draws[None])
+        return images[0], targets[0]
+
+    def draw(self) -> torch.Tensor:
+        """(1 + photometric draws,) float32: the flip coin, then PhotometricDistortion.draw()."""
+        flip = float(torch.rand(())) < self.flip_p if self.flip_p else False
+        photometric = self.photometric.draw() if self.photometric else torch.zeros(0)
+        return torch.cat([torch.tensor([float(flip)]), photometric])
+
+    def on_batch(self, images: torch.Tensor, target: torch.Tensor, draws: torch.Tensor):
+        """uint8 (N, 3, H, W) images, (N, H, W) labels, (N, K) draws -> the normalised float
+        images and int64 labels of the batch, on the images' device."""
+        flip = (draws[:, 0] > 0.5).to(images.device)
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        target = torch.where(flip.view(-1, 1, 1), target.flip(-1), target)
+        if self.photometric is not None:
+            images = self.photometric.apply(images, draws[:, 1:])
+        return self.normalize(images, target)
 
 
 def train_transforms(
@@ -223,17 +311,15 @@ def train_transforms(
     flip: bool = True,
     photometric: bool = True,
     cat_max_ratio: float = 1.0,
-) -> Callable:
-    """scale = None skips the rescale (data already at training size, e.g. shapes)."""
+    batch_wise: bool = False,
+) -> TrainAugment:
+    """scale = None skips the rescale (data already at training size, e.g. shapes);
+    batch_wise leaves flip, distortion and normalisation to `on_batch` (TrainAugment)."""
     steps: list[Callable] = []
     if scale is not None:
         steps.append(RandomRescale(tuple(scale), tuple(ratio_range)))
     steps.append(RandomCrop(crop_size, cat_max_ratio))
-    if flip:
-        steps.append(RandomHorizontalFlip(0.5))
-    if photometric:
-        steps.append(PhotometricDistortion())
-    return v2.Compose(steps + _finish())
+    return TrainAugment(steps, flip, photometric, batch_wise)
 
 
 def eval_transforms(*, crop_size: int | None = None, scale: tuple[int, int] | None = None):

@@ -67,12 +67,17 @@ class TrainSettings:
     # pooled over each process's batch, the reference); makes the loss independent of the
     # number of DDP processes (SurrogateLoss's group_size)
     loss_group_size: int | None = None
+    # decode and shrink the training images once into <data.root>/cache, which every process on
+    # the machine maps (data/cache.py); for datasets read from image files with a rescale
+    cache_images: bool = False
     fit: FitConfig = field(default_factory=FitConfig)
 
 
 def build_train_set(data: DataConfig, settings: TrainSettings, without_holdout: bool = False):
-    """The training split with the augmentation of `settings` (SPEC A§5-6)."""
+    """The training split with the augmentation of `settings` (SPEC A§5-6); flip, photometric
+    distortion and normalisation run batch-wise on the training device (segnets.engine)."""
     from data import build_dataset
+    from data.cache import cached_dataset
     from data.transforms import train_transforms
 
     transform = train_transforms(
@@ -82,10 +87,16 @@ def build_train_set(data: DataConfig, settings: TrainSettings, without_holdout: 
         flip=settings.flip,
         photometric=settings.photometric,
         cat_max_ratio=settings.cat_max_ratio,
+        batch_wise=True,
     )
-    return build_dataset(
-        data.name, data.root, "train", transform, without_holdout=without_holdout, **data.params
-    )
+    params = dict(without_holdout=without_holdout, **data.params)
+    dataset = build_dataset(data.name, data.root, "train", None, **params)
+    read_from_files = isinstance(getattr(dataset, "images", None), list)  # not shapes (memory)
+    if not (settings.cache_images and settings.scale is not None and read_from_files):
+        dataset.transform = transform
+        return dataset
+    largest = tuple(round(side * max(settings.ratio_range)) for side in settings.scale)
+    return cached_dataset(dataset, largest, Path(data.root) / "cache", transform)
 
 
 def preflight(build: Callable[[], Any]) -> None:

@@ -56,6 +56,7 @@ class ProxyConfig(TrainSettings):
         default_factory=lambda: FitConfig(iterations=1000, batch_size=32, lr=0.02, log_every=0)
     )
     eval_crop: int | None = 128  # reward images centre-cropped to this size; None: whole
+    cache_images: bool = True  # decoded once per machine for all trials (data/cache.py)
 
 
 @dataclass

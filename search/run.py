@@ -27,7 +27,7 @@ from results.files import new_run_folder, write_text
 from search import config as configs
 from search.config import Config
 from search.space import initial_raw
-from search.trial import build_datasets, build_loss
+from search.trial import build_datasets, build_loss, warm_up_kernels
 from segnets import build_segnet
 from surrogates import METRICS
 from surrogates.checks import unknown_name
@@ -89,14 +89,19 @@ def _gpus(requested: int | None, cfg: Config) -> int:
 
 def check_builds(cfg: Config) -> None:
     """Build what every trial builds, once: a missing dataset or a bad model argument is an
-    error now rather than a failed trial later (and the shapes cache is made before trials)."""
+    error now rather than a failed trial later; the shapes or image cache and the compiled loss
+    kernels are made here once, before the trials that share them."""
+    built = {}
 
     def build() -> None:
         train_set, _ = build_datasets(cfg)
         build_segnet(cfg.proxy.model, train_set.num_classes, **cfg.proxy.model_args)
-        build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
+        built["loss"] = build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
 
     preflight(build)
+    seconds = warm_up_kernels(cfg, built["loss"])
+    if seconds:
+        print(f"[search] compiled the loss kernels for all trials in {seconds:.0f}s")
 
 
 def report(run_dir: Path) -> int:

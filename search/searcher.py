@@ -142,14 +142,17 @@ def start_ray(cfg: Config, num_gpus: int) -> None:
         print(f"[search] Ray dashboard: http://{context.dashboard_url}")
 
 
-def trial_resources(cfg: Config, num_gpus: int) -> tuple[dict, int]:
-    """(resources of one trial, how many trials run at once), from what Ray has."""
-    available = ray.cluster_resources()
+def trial_resources(cfg: Config, num_gpus: int, available: dict) -> tuple[dict, int]:
+    """(resources of one trial, how many trials run at once), from what Ray has
+    (`ray.cluster_resources()`). On GPUs each trial gets an equal share of the cores, for its
+    loader workers (segnets.engine.loader_workers) and its own threads."""
     gpus = num_gpus or int(available.get("GPU", 0))
     if gpus:
         per_gpu = cfg.search.models_per_gpu
-        print(f"[search] {gpus} GPU(s), {per_gpu} proxy models per GPU")
-        return {"cpu": 1, "gpu": 1 / per_gpu}, gpus * per_gpu
+        concurrent = gpus * per_gpu
+        cpus = max(1, int(available.get("CPU", 1)) // concurrent)
+        print(f"[search] {gpus} GPU(s), {per_gpu} proxy models per GPU, {cpus} CPU(s) each")
+        return {"cpu": cpus, "gpu": 1 / per_gpu}, concurrent
     slots = max(1, int(available.get("CPU", 1)))
     print(f"[search] no GPU: trials run on CPU, one thread each, {slots} at a time")
     return {"cpu": 1}, slots
@@ -162,7 +165,7 @@ def trial_dirname(trial) -> str:
 def run_search(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> None:
     """Start (or join) Ray and run the Tuner until the searcher says FINISHED or Ctrl-C."""
     start_ray(cfg, num_gpus)
-    resources, concurrent = trial_resources(cfg, num_gpus)
+    resources, concurrent = trial_resources(cfg, num_gpus, ray.cluster_resources())
     trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources)
     if resume:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_errored=True)

@@ -22,6 +22,7 @@ from search.space import to_theta
 from segnets import build_segnet
 from segnets.engine import NonFiniteLossError, TrainStats, evaluate, fit, seed_everything
 from surrogates import METRIC_COLUMNS, SurrogateLoss
+from surrogates.fused import compiling
 
 SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb")  # what speed_columns() adds to a result
 
@@ -37,6 +38,22 @@ def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss
         region_weight=search.region_weight,
         group_size=cfg.proxy.loss_group_size,
     )
+
+
+def warm_up_kernels(cfg: Config, loss_fn: SurrogateLoss) -> float:
+    """Compile the loss's fused kernels in this process, on the trials' device, before any
+    trial starts: the code lands in inductor's on-disk cache, where each trial's process finds
+    it (a few seconds of tracing instead of ~15 s of compiling, on every worker at once).
+    Dynamic shapes: one small batch serves every size. Seconds spent, 0 when not compiling."""
+    if not compiling():
+        return 0.0
+    start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size, classes = cfg.proxy.crop_size, loss_fn.num_classes
+    logits = torch.randn(2, classes, size, size, device=device, requires_grad=True)
+    target = torch.randint(0, classes, (2, size, size), device=device)
+    loss_fn.to(device)(logits, target).backward()
+    return time.perf_counter() - start
 
 
 def build_datasets(cfg: Config):

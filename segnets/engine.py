@@ -61,7 +61,7 @@ class FitConfig:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     sync_bn: bool = False  # under DDP on CUDA, BatchNorm statistics over all processes (SyncBN)
-    workers: int = 0  # data loader worker processes
+    workers: int | None = None  # loader processes; None: on CUDA threads - 1, on CPU 0
     seed: int = 0  # data order and augmentation
     log_every: int = 50  # iterations between progress lines (0 = never)
     eval_every: int = 0  # retrain: iterations between evaluations (0 = only at the end)
@@ -212,19 +212,36 @@ def uses_sync_bn(cfg: FitConfig, world_size: int, device: torch.device) -> bool:
 
 
 def train_batches(train_set, cfg: FitConfig, device: torch.device, start: int = 0):
-    """The batch stream from iteration `start` on; this process's share under DDP."""
+    """The batch stream from iteration `start` on, this process's share under DDP, on `device`.
+
+    A training set whose transform is batch-wise (data.transforms.TrainAugment) comes out of the
+    loader as uint8 crops with their random draws; flip, photometric distortion and
+    normalisation then run here on the whole batch, on the GPU when there is one."""
     rank, world_size = process_rank()
     loader = train_loader(
         train_set,
         cfg.batch_size,
         cfg.seed,
         start_iteration=start,
-        workers=cfg.workers,
+        workers=loader_workers(cfg, device),
         pin_memory=device.type == "cuda",
         rank=rank,
         world_size=world_size,
     )
-    return iter(loader)
+    augment = getattr(train_set, "transform", None)
+    moved = ([x.to(device, non_blocking=True) for x in batch] for batch in loader)
+    if getattr(augment, "batch_wise", False):
+        return (augment.on_batch(*batch) for batch in moved)
+    return (tuple(batch) for batch in moved)
+
+
+def loader_workers(cfg: FitConfig, device: torch.device) -> int:
+    """cfg.workers, or when None: on CUDA one process fewer than this process's CPU threads
+    (a search trial's share of the machine, or a retrain process's; at least 1), on CPU none
+    (the cores are the trials' or the processes' own)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return max(1, torch.get_num_threads() - 1) if device.type == "cuda" else 0
 
 
 def train_steps(
@@ -257,10 +274,8 @@ def train_steps(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, iteration, group["lr_mult"])
         waited = time.perf_counter()
-        images, target = next(batches)
+        images, target = next(batches)  # on the device (train_batches)
         stats.data_seconds += time.perf_counter() - waited
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -3,7 +3,11 @@
 An elementwise chain such as the Bezier solver is ~25 passes over memory in eager mode and one
 fused loop when compiled: 10-100x faster on CPU (bench/losses.py). Functions wrapped here are
 compiled on first call with dynamic shapes, so one compilation serves every tensor size; callers
-pass 1-D tensors and tensor-valued constants so that no Python number is baked into the graph.
+pass 1-D tensors and tensor-valued constants so that no Python number is baked into the graph,
+and the wrapper hands them over detached, so one graph per dtype serves every caller. The
+compiled code lands in inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, by default one folder
+per user under /tmp), which every process on the machine reuses: the search compiles the kernels
+once in its driver before the trials start (search/run.py).
 
 SLS_COMPILE=0 turns compilation off. Where compilation fails (no C++ compiler, no triton) the
 eager function runs instead, after one warning: the values are the same, only slower. Only a
@@ -20,6 +24,11 @@ from collections.abc import Callable
 import torch
 
 _enabled = os.environ.get("SLS_COMPILE", "1") != "0"
+
+
+def compiling() -> bool:
+    """Whether fused functions run compiled (SLS_COMPILE is not 0 and no compiler failed)."""
+    return _enabled
 
 
 def is_compile_error(error: BaseException) -> bool:
@@ -55,8 +64,12 @@ def fused(fn: Callable, compile_fn: Callable = _compile) -> Callable:
             return fn(*args)
         if compiled is None:
             compiled = compile_fn(fn)
+        # detached tensors are not views: dynamo would otherwise guard on each view's base
+        # (its layout, its batch size) and recompile per caller, up to its limit of 8 graphs
+        # and then run eager; these functions sit inside autograd.Functions, so no graph is lost
+        plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
         try:
-            return compiled(*args)
+            return compiled(*plain)
         except Exception as error:
             if not is_compile_error(error):
                 raise

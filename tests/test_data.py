@@ -12,7 +12,11 @@ from data.torchvision_compat import torchvision  # noqa: F401
 from data.transforms import (
     MEAN,
     STD,
+    Normalize,
     PhotometricDistortion,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomRescale,
     eval_transforms,
     hsv_to_rgb,
     rgb_to_hsv,
@@ -285,3 +289,43 @@ def test_train_loader_visits_every_item_once_per_epoch(tmp_path):
     dataset = Shapes(tmp_path, "train", **SMALL)  # 40 items, batches of 8: 5 per epoch
     seen = torch.cat([y.flatten(1) for _, y in _batches(data.train_loader(dataset, 8, 0), 5)])
     assert len({tuple(row.tolist()) for row in seen}) == 40
+
+
+def test_batch_wise_augmentation_equals_the_per_sample_definition():
+    """The training augmentation split in two (draws per sample in the loader, pixels per batch
+    on the device) gives the same crops as the per-sample steps run one after the other, for the
+    same seeds: rescale, crop, flip, mmseg's photometric distortion, normalisation."""
+    from torchvision.transforms import v2
+
+    kwargs = dict(scale=(64, 32), ratio_range=(0.5, 2.0), cat_max_ratio=0.75)
+    definition = v2.Compose(
+        [
+            RandomRescale(kwargs["scale"], kwargs["ratio_range"]),
+            RandomCrop(24, kwargs["cat_max_ratio"]),
+            RandomHorizontalFlip(0.5),
+            PhotometricDistortion(),
+            Normalize(),
+        ]
+    )
+    batch_wise = train_transforms(crop_size=24, batch_wise=True, **kwargs)
+    generator = torch.Generator().manual_seed(0)
+    expected, parts = [], []
+    for i in range(12):
+        h, w = 30 + 7 * i, 70 - 3 * i
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        label = torch.randint(0, 4, (h, w), generator=generator)
+        label[:, :3] = 255
+        sample = (tv_tensors.Image(image), tv_tensors.Mask(label))
+        torch.manual_seed(1000 + i)
+        expected.append(definition(*sample))
+        torch.manual_seed(1000 + i)
+        parts.append(batch_wise(*sample))
+    images, target, draws = (torch.stack(x) for x in zip(*parts, strict=True))
+    assert images.dtype == torch.uint8 and target.dtype == torch.uint8
+    got_images, got_target = batch_wise.on_batch(images, target, draws)
+    assert torch.equal(got_images, torch.stack([e[0] for e in expected]))
+    assert torch.equal(got_target, torch.stack([e[1] for e in expected]))
+    assert got_target.dtype == torch.int64
+    assert 0 < draws[:, 0].sum() < 12  # both flip outcomes ...
+    for column in (1, 6, 8):  # ... and several steps of the distortion drawn on and off
+        assert 0 < (draws[:, column] > 0.5).sum() < 12

@@ -17,7 +17,7 @@ from search.controllers import (
     register_controller,
 )
 from search.ppo import PPOConfig
-from search.searcher import StepSearcher, raw_space
+from search.searcher import StepSearcher, raw_space, trial_resources
 from search.space import initial_raw, raw_of
 from surrogates import SurrogateLoss
 
@@ -288,3 +288,14 @@ def test_controllers_are_built_by_name():
         build_controller("ppoo", initial_raw("miou"), PPOConfig(), 0)
     with pytest.raises(ValueError, match="already registered under the name 'ppo'"):
         register_controller(ppo)
+
+
+def test_gpu_trials_share_the_cores_and_cpu_trials_get_one_each(tmp_path):
+    cfg = configs.resolve("miou", {"data": "shapes"}, data_root=str(tmp_path))
+    resources, concurrent = trial_resources(cfg, 0, {"CPU": 16.0, "GPU": 2.0})
+    assert resources == {"cpu": 2, "gpu": 0.25} and concurrent == 8  # 16 cores / (2 x 4)
+    resources, concurrent = trial_resources(cfg, 1, {"CPU": 96.0, "GPU": 8.0})  # NUM_GPUS 1
+    assert resources == {"cpu": 24, "gpu": 0.25} and concurrent == 4
+    resources, concurrent = trial_resources(cfg, 0, {"CPU": 2.0, "GPU": 1.0})
+    assert resources["cpu"] == 1  # never fewer than one
+    assert trial_resources(cfg, 0, {"CPU": 6.0}) == ({"cpu": 1}, 6)
