@@ -45,6 +45,7 @@ class CachedImages(Dataset):
         self.transform = transform
         self.num_classes, self.ignore_index = source.num_classes, source.ignore_index
         self.class_names = source.class_names
+        self.ids = getattr(source, "ids", None)  # which images, in order (VOC's ids)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -115,11 +115,12 @@ def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict
 
 
 def speed_columns(stats: TrainStats, device: str) -> dict:
-    """Training speed of a trial for trials.csv: iterations per second, the share of the time
-    spent waiting for data, the GPU's peak memory in GiB (NaN on CPU)."""
+    """Training speed of a trial for trials.csv: iterations per second (after the first, which
+    carries the start-up), the share of the time spent waiting for data, the GPU's peak memory
+    in GiB (NaN on CPU)."""
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else math.nan
     return {
-        "it_per_s": stats.iterations / stats.seconds if stats.seconds > 0 else math.nan,
+        "it_per_s": stats.iterations_per_second,
         "data_wait": stats.data_wait,
         "peak_gb": peak,
     }

@@ -120,11 +120,18 @@ class TrainStats:
     iterations: int = 0
     seconds: float = 0.0
     data_seconds: float = 0.0
+    first_seconds: float = 0.0  # the first iteration's: loader start, cuDNN autotuning, tracing
 
     @property
     def data_wait(self) -> float:
         """Share of the wall time spent waiting for batches."""
         return self.data_seconds / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def iterations_per_second(self) -> float:
+        """The steady rate: iterations after the first over their time."""
+        steady = self.seconds - self.first_seconds
+        return (self.iterations - 1) / steady if self.iterations > 1 and steady > 0 else math.nan
 
 
 def _read_losses(losses: torch.Tensor, first: int, world_size: int) -> list[float]:
@@ -290,6 +297,8 @@ def train_steps(
         optimizer.step()
 
         done = iteration + 1
+        if iteration == start:
+            stats.first_seconds = time.perf_counter() - started
         log = logging and (done % cfg.log_every == 0 or done == cfg.iterations)
         if log or done - first == CHECK_EVERY or done == stop:
             values = _read_losses(losses[: done - first], first, world_size)

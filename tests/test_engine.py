@@ -106,6 +106,8 @@ def test_fit_learns_and_is_deterministic(shapes_root):
     model = make_model()
     stats = fit(model, build_loss("ce"), train_set(shapes_root), cfg)
     assert stats.iterations == 200 and 0 < stats.data_seconds < stats.seconds
+    assert 0 < stats.first_seconds < stats.seconds
+    assert stats.iterations_per_second == 199 / (stats.seconds - stats.first_seconds)
     after = holdout_metrics(model, shapes_root)
     all_background = SegMetrics(7)
     for _, target in data.eval_loader(Shapes(shapes_root, "holdout", **SHAPES), 16):
@@ -205,3 +207,17 @@ def test_predict_procedures_and_whole_image_evaluation():
     assert results["miou"] == pytest.approx((48 / 64 + 0) / 2)  # class 0 absent: NaN, skipped
     subset = restrict_classes(results, [1])
     assert subset["miou"] == pytest.approx(48 / 64) and subset["gacc"] == results["gacc"]
+
+
+def test_channels_last_and_cudnn_benchmark_apply_on_cuda_only():
+    """On by default for CUDA's fixed-size crops; a CPU run keeps contiguous weights and
+    leaves cuDNN's setting alone."""
+    cfg = FitConfig()
+    assert cfg.channels_last and cfg.cudnn_benchmark
+    before = torch.backends.cudnn.benchmark
+    model = build_segnet("lite", 7, width=8)
+    setup_training(model, cfg, torch.device("cpu"))
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous()
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark == before

@@ -34,3 +34,11 @@ def test_torchvision_imports_through_the_compat_module():
     assert v2.RandomHorizontalFlip(p=1.0)(torch.arange(4.0).view(1, 1, 4)).flatten().tolist() == [
         3.0, 2.0, 1.0, 0.0,
     ]  # fmt: skip
+
+
+def test_the_gpu_bench_without_a_gpu_says_so_in_one_line_and_exits_0():
+    result = subprocess.run([ROOT / "launch.sh", "bench", "gpu"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "bench gpu: no CUDA GPU visible; nothing to measure (run it on a GPU machine)"
+    ]

@@ -96,6 +96,8 @@ def test_the_reward_drops_background_as_the_dataset_evaluation_does(tmp_path):
         cfg = tiny_config(tmp_path, "bf1", **tiny, **{"search.reward_drop_background": str(drop)})
         results[drop] = run_trial(cfg, initial_raw("bf1"), seed=0)
         assert results[drop]["status"] == "ok", results[drop]["reason"]
+    speed = results[True]  # trials.csv's speed columns: steady it/s, data share, no GPU memory
+    assert speed["it_per_s"] > 0 and 0 < speed["data_wait"] < 1 and math.isnan(speed["peak_gb"])
     assert results[False]["miou"] == results[True]["miou"]  # the same model ...
     assert results[False]["bf1"] != results[True]["bf1"]  # ... scored with or without class 0
     assert results[False]["biou"] != results[True]["biou"]
