@@ -7,16 +7,19 @@ with nearest neighbour, padded with the ignore label 255 and left alone by photo
 Presets (keyword-only, like torchvision's references/segmentation/presets.py):
     train_transforms   random rescale (ratio range) -> random crop padded with 255 -> flip ->
                        photometric distortion (the mmseg VOC pipeline of SPEC A§5-6, mmseg's
-                       definition: no channel swaps)
+                       definition: no channel swaps). A `TrainAugment`: with batch_wise=True
+                       (what training uses) the flip, distortion and normalisation run on the
+                       whole batch on the training device, from draws made per sample
     eval_transforms    resize to fit `scale` keeping the aspect ratio -> centre crop: the proxy
                        reward protocol (A§5: fit (512, 128), crop 128)
     whole_image_transforms  resize the image only; the prediction is resized back to the label
                        (retrain evaluation, A§1.5). Batch size 1.
 All end with float conversion and ImageNet normalisation of the image and int64 labels.
 
-The crop, flip and normalisation that every training sample goes through are small classes on
-v2's functional ops rather than v2's transform classes: those cost ~0.15 ms a sample in argument
-handling, a tenth of a CPU proxy step at batch 16.
+The rescale, crop, flip and normalisation are small classes on v2's functional ops rather than
+v2's transform classes: those cost ~0.15 ms a sample in argument handling, a tenth of a CPU
+proxy step at batch 16. RandomHorizontalFlip and the per-sample PhotometricDistortion call are
+the definition TrainAugment's batch-wise halves are tested against.
 """
 
 from collections.abc import Callable

@@ -12,6 +12,8 @@ the whole state, so `Tuner.restore` resumes exactly.
 import math
 import os
 import pickle
+import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +75,8 @@ class StepSearcher(Searcher):
             return
         result = dict(result or {})
         if error or "status" not in result:
-            result.update(status="failed", reason="the trial process died or raised")
+            reason = f"the trial's worker died {RETRIES + 1} times (or Tune failed it)"
+            result.update(status="failed", reason=reason)
         state, metric = self.state, self.cfg.search.metric
         try:
             if steps.record_result(state, trial_id, job, result, metric):
@@ -116,6 +119,11 @@ def proxy_trial(config: dict, cfg: Config) -> None:
     seed, fault (and which phase, step and sample the trial belongs to)."""
     # Ray sets OMP_NUM_THREADS to the trial's CPUs: one core per trial on CPU
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    if config.get("fault") == "kill":  # tests: the worker dies on the first attempt only
+        attempted = Path(tempfile.gettempdir()) / f"sls-killed-{tune.get_context().get_trial_id()}"
+        if not attempted.exists():
+            attempted.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
     result = run_trial(cfg, raw_of(config), config["seed"], config.get("fault", ""))
     result["node"] = ray.get_runtime_context().get_node_id()[:12]
     result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN if failed
@@ -158,6 +166,9 @@ def trial_resources(cfg: Config, num_gpus: int, available: dict) -> tuple[dict, 
     return {"cpu": 1}, slots
 
 
+RETRIES = 2  # attempts after a trial's worker died, before it counts as failed
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -182,6 +193,13 @@ def run_search(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> None:
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=0),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(run_dir),
+                verbose=0,
+                # a dead worker (the OOM killer, a lost node) says nothing about the loss: Tune
+                # runs the trial again; a trial's own failures are results, never retried
+                failure_config=tune.FailureConfig(max_failures=RETRIES),
+            ),
         )
     tuner.fit()

@@ -43,14 +43,20 @@ class SearchState:
     policy_rows: list[dict] = field(default_factory=list)  # one per closed step
 
 
+FAULTS = ("raise", "nan", "kill")
+
+
 def parse_faults(text: str) -> dict[tuple[int, int], str]:
-    """ "1:2=raise,2:0=nan" -> {(1, 2): "raise", (2, 0): "nan"} (tests only)."""
+    """ "1:2=raise,2:0=nan" -> {(1, 2): "raise", (2, 0): "nan"} (tests only). kill: the trial's
+    worker process is killed (SIGKILL) on its first attempt, as the OOM killer would."""
     faults = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         where, _, kind = item.partition("=")
         step, _, sample = where.partition(":")
-        if kind not in ("raise", "nan") or not step.isdigit() or not sample.isdigit():
-            raise ValueError(f"bad search.faults entry '{item}'; expected STEP:SAMPLE=raise|nan")
+        if kind not in FAULTS or not step.isdigit() or not sample.isdigit():
+            raise ValueError(
+                f"bad search.faults entry '{item}'; expected STEP:SAMPLE={'|'.join(FAULTS)}"
+            )
         faults[(int(step), int(sample))] = kind
     return faults
 
@@ -107,7 +113,8 @@ def _round_records(state: SearchState) -> list[dict]:
 
 def close_step(state: SearchState, controller, cfg: Config) -> None:
     """The controller's update from the step's rewards; a failed trial counts with
-    search.failure_reward (default: the step's worst reward)."""
+    search.failure_reward (default: the step's worst reward), a failed sample 0 (the baseline)
+    with the mean of the successful rewards."""
     rows = sorted(_round_records(state), key=lambda r: r["sample"])
     ok = [r["reward"] for r in rows if r["status"] == "ok"]
     if not ok:
@@ -119,6 +126,11 @@ def close_step(state: SearchState, controller, cfg: Config) -> None:
     fallback = min(ok) if cfg.search.failure_reward is None else cfg.search.failure_reward
     for r in rows:
         r["reward_used"] = r["reward"] if r["status"] == "ok" else fallback
+    if rows[0]["status"] != "ok":
+        # sample 0 is the policy mean, PPO's baseline: scored with the worst reward it would make
+        # every advantage >= 0 and pull the mean toward all the samples; the mean of the
+        # successful rewards estimates it without that bias
+        rows[0]["reward_used"] = statistics.fmean(ok)
     loss = controller.update([r["raw"] for r in rows], [r["reward_used"] for r in rows])
     row = {
         "step": state.step,

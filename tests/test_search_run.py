@@ -26,7 +26,7 @@ TINY = [
     "search.tolerance=1",
     "search.confirm_top_k=1",
     "search.confirm_seeds=1",
-    "search.faults=2:1=raise,2:2=nan",
+    "search.faults=2:1=raise,2:2=nan,1:2=kill",
 ]
 TOTAL_TRIALS = 2 * 3 + 3  # steps x samples + (final mean, top-1, identity) x 1 seed
 
@@ -89,6 +89,15 @@ def test_faulty_trials_are_recorded_and_the_search_goes_on(finished):
     assert float(rows[("2", "1")]["reward_used"]) == min(step2_ok)
     assert read_csv(run_dir / "policy.csv")[1]["failed"] == "2"
     assert sum(r["status"] == "ok" for r in rows.values()) == TOTAL_TRIALS - 2
+    # the worker of trial (1, 2) was killed (SIGKILL): Tune ran it again, and it counts as ok
+    killed = rows[("1", "2")]
+    assert killed["status"] == "ok", killed["reason"]
+    (state_file,) = (run_dir / "tune").glob("experiment_state-*.json")
+    failures = {  # Tune's own record: (trial, run metadata) per trial
+        json.loads(trial)["trial_id"]: json.loads(metadata)["num_failures"]
+        for trial, metadata in json.loads(state_file.read_text())["trial_data"]
+    }
+    assert failures[killed["trial_id"]] == 1 and sum(failures.values()) == 1
 
 
 @pytest.mark.parametrize("controller", ["ppo", "cmaes"])

@@ -199,6 +199,27 @@ def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
     assert read_csv(tmp_path / "policy.csv")[0]["failed"] == "1"
 
 
+def test_a_failed_policy_mean_is_an_unbiased_baseline_not_the_worst_reward(tmp_path):
+    """Sample 0 is the policy mean, PPO's baseline (A_i = R_i - R_0). Scored with the step's
+    worst reward, every advantage would be >= 0 and the update would pull the mean toward every
+    sample; it counts with the mean of the successful rewards instead."""
+    searcher = tune_searcher(tiny_config(tmp_path), tmp_path)
+    jobs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    assert jobs["t0"]["sample"] == 0
+    for trial_id, config in jobs.items():
+        dead = {"status": "failed", "reason": "the trial's worker died"}
+        searcher.on_trial_complete(
+            trial_id, dead if trial_id == "t0" else toy_result(raw_of(config))
+        )
+    rows = {r["trial_id"]: r for r in read_csv(tmp_path / "trials.csv")}
+    ok = [float(rows[k]["reward"]) for k in ("t1", "t2", "t3")]
+    baseline = float(rows["t0"]["reward_used"])
+    assert baseline == pytest.approx(sum(ok) / 3)
+    advantages = [reward - baseline for reward in ok]
+    assert min(advantages) < 0 < max(advantages)
+    assert float(read_csv(tmp_path / "policy.csv")[0]["reward_of_mean"]) == baseline
+
+
 def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
     searcher = tune_searcher(tiny_config(tmp_path), tmp_path)
     ids = [f"t{i}" for i in range(4)]
@@ -209,7 +230,7 @@ def test_a_step_where_every_trial_fails_stops_the_search(tmp_path):
     searcher.on_trial_complete(ids[-1], None, error=True)
     assert searcher.suggest("t5") == "FINISHED"  # Tune then ends the run
     error = json.loads((tmp_path / "failed.json").read_text())["error"]
-    assert error.startswith("every trial of step 1 failed (oom; the trial process died")
+    assert error.startswith("every trial of step 1 failed (oom; the trial's worker died 3 times")
     assert len(read_csv(tmp_path / "trials.csv")) == 4  # what happened is on disk
     assert not (tmp_path / "policy.csv").exists()
 
