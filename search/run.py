@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from search.config import Config
 from search.space import initial_raw
 from search.trial import build_datasets, build_loss, warm_up_kernels
 from segnets import build_segnet
-from surrogates import METRICS
+from surrogates import METRICS, SurrogateLoss
 from surrogates.checks import unknown_name
 
 RESULTS = REPO / "results" / "search"
@@ -87,10 +88,10 @@ def _gpus(requested: int | None, cfg: Config) -> int:
     return min(requested or visible, visible)
 
 
-def check_builds(cfg: Config) -> None:
+def check_builds(cfg: Config) -> SurrogateLoss:
     """Build what every trial builds, once: a missing dataset or a bad model argument is an
     error now rather than a failed trial later; the shapes or image cache and the compiled loss
-    kernels are made here once, before the trials that share them."""
+    kernels are made here once, before the trials that share them. Returns the loss built."""
     built = {}
 
     def build() -> None:
@@ -99,9 +100,21 @@ def check_builds(cfg: Config) -> None:
         built["loss"] = build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
 
     preflight(build)
-    seconds = warm_up_kernels(cfg, built["loss"])
-    if seconds:
-        print(f"[search] compiled the loss kernels for all trials in {seconds:.0f}s")
+    return built["loss"]
+
+
+def compile_while(loss_fn, cfg: Config) -> threading.Thread:
+    """The loss kernels compiled in a thread while Ray starts (both take ~10 s), so that the
+    trials find them in inductor's on-disk cache (search.trial.warm_up_kernels)."""
+
+    def run() -> None:
+        seconds = warm_up_kernels(cfg, loss_fn)
+        if seconds:
+            print(f"[search] compiled the loss kernels for all trials in {seconds:.0f}s")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def report(run_dir: Path) -> int:
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg, num_gpus, resume_dir = plan(args)
-        check_builds(cfg)
+        loss_fn = check_builds(cfg)
     except ConfigError as error:
         fail(str(error))
     run_dir = resume_dir or new_run_folder(args.results, f"{cfg.search.metric}-{cfg.data.name}")
@@ -145,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[search] run folder: {run_dir}")
     from search.searcher import run_search  # Ray, once the input is known to be good
 
-    run_search(cfg, num_gpus, run_dir, resume=resume_dir is not None)
+    compiling = compile_while(loss_fn, cfg)
+    run_search(cfg, num_gpus, run_dir, resume_dir is not None, before_trials=compiling.join)
     return report(run_dir)
 
 

@@ -173,8 +173,11 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_search(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> None:
-    """Start (or join) Ray and run the Tuner until the searcher says FINISHED or Ctrl-C."""
+def run_search(
+    cfg: Config, num_gpus: int, run_dir: Path, resume: bool, before_trials=lambda: None
+) -> None:
+    """Start (or join) Ray and run the Tuner until the searcher says FINISHED or Ctrl-C;
+    `before_trials()` returns when the trials may start (the kernels compiled meanwhile)."""
     start_ray(cfg, num_gpus)
     resources, concurrent = trial_resources(cfg, num_gpus, ray.cluster_resources())
     trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources)
@@ -202,4 +205,5 @@ def run_search(cfg: Config, num_gpus: int, run_dir: Path, resume: bool) -> None:
                 failure_config=tune.FailureConfig(max_failures=RETRIES),
             ),
         )
+    before_trials()
     tuner.fit()
