@@ -84,7 +84,7 @@ def plot_curves(run: SearchRun) -> plt.Figure:
             per_curve = len(theta) // curves
             x, y = bezier_curve(theta[k * per_curve : (k + 1) * per_curve])
             ax.plot(x, y, color=colour, label=f"mean after step {int(row.step)}")
-        if run.summary:
+        if run.summary and run.summary["theta"]:  # empty when cross-entropy won
             theta = np.asarray(run.summary["theta"])
             per_curve = len(theta) // curves
             x, y = bezier_curve(theta[k * per_curve : (k + 1) * per_curve])

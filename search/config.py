@@ -75,6 +75,9 @@ class SearchConfig:
     failure_reward: float | None = None  # None = the worst reward of the failed trial's step
     confirm_top_k: int = 3  # confirmation round: the final mean + the k best samples ...
     confirm_seeds: int = 2  # ... each trained with this many new seeds
+    # cross-entropy and the metric's published preset (asl-voc-<metric>) are candidates too:
+    # the export is never worse on the proxy than the loss a user would have used anyway
+    confirm_baselines: bool = True
     models_per_gpu: int = 4  # proxy trials sharing one GPU
     cpu_slots: int = 0  # without GPUs: trials at once (0 = one per core; NUM_GPUS sets it)
     faults: str = ""  # tests only: "STEP:SAMPLE=raise|nan,..." makes those trials fail

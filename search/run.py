@@ -133,9 +133,13 @@ def report(run_dir: Path) -> int:
     print(f"[search] done: {s['trials']} trials ({s['failed']} failed) in {minutes:.1f} min")
     print(
         f"[search] best: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
-        f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}"
+        f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}, "
+        f"cross-entropy {100 * s['ce_reward']:.2f}"
     )
-    print(f"[search] theta: {[round(v, 4) for v in s['theta']]}")
+    if s["loss"] == "ce":
+        print("[search] no searched loss beat cross-entropy: the export retrains with CE")
+    else:
+        print(f"[search] theta: {[round(v, 4) for v in s['theta']]}")
     print(f"[search] exported {s['export']}")
     print(f"[search] retrain: ./launch.sh retrain {s['export']}")
     return 0

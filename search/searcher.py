@@ -124,7 +124,8 @@ def proxy_trial(config: dict, cfg: Config) -> None:
         if not attempted.exists():
             attempted.touch()
             os.kill(os.getpid(), signal.SIGKILL)
-    result = run_trial(cfg, raw_of(config), config["seed"], config.get("fault", ""))
+    loss = config.get("loss", "surrogate")
+    result = run_trial(cfg, raw_of(config), config["seed"], config.get("fault", ""), loss)
     result["node"] = ray.get_runtime_context().get_node_id()[:12]
     result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN if failed
     tune.report(result)

@@ -25,7 +25,8 @@ from results.files import write_csv, write_json, write_text
 from search.config import Config
 from search.space import initial_raw, raw_keys, to_theta
 from search.trial import SPEED_COLUMNS
-from surrogates import METRIC_COLUMNS
+from surrogates import METRIC_COLUMNS, PRESETS
+from surrogates.curves import METRIC_CURVES, control_to_raw
 
 
 class SearchFailed(RuntimeError):
@@ -44,6 +45,7 @@ class SearchState:
 
 
 FAULTS = ("raise", "nan", "kill")
+CROSS_ENTROPY = "cross-entropy"  # the confirmation round's CE candidate
 
 
 def parse_faults(text: str) -> dict[tuple[int, int], str]:
@@ -100,6 +102,8 @@ def record_result(state: SearchState, trial_id: str, job: dict, result: dict, me
         "raw": list(job["raw"]),
         "theta": to_theta(metric, job["raw"]),
     }
+    if job.get("loss") == "ce":  # no curves: the raw and theta columns stay empty
+        record["raw"], record["theta"] = [], []
     if job["phase"] == "confirm":
         record["reward_used"] = reward  # a search trial's is set when its step closes
     record.update({k: result.get(k, math.nan) for k in (*METRIC_COLUMNS, *SPEED_COLUMNS)})
@@ -155,7 +159,8 @@ def close_step(state: SearchState, controller, cfg: Config) -> None:
 
 
 def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
-    """The final mean, the top-k distinct samples and the identity, each with new seeds."""
+    """The final mean, the top-k distinct samples, the identity and (search.confirm_baselines)
+    the metric's published preset and cross-entropy, each with the same new seeds."""
     searched = sorted(
         (r for r in state.records if r["phase"] == "search" and r["status"] == "ok"),
         key=lambda r: -r["reward"],
@@ -169,6 +174,15 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             candidates.append((f"step {r['step']} sample {r['sample']}", r["raw"]))
     if all(identity[1] != raw for _, raw in candidates):
         candidates.append(identity)
+    losses = ["surrogate"] * len(candidates)
+    if cfg.search.confirm_baselines:
+        preset = f"asl-voc-{cfg.search.metric}"
+        if preset in PRESETS:
+            raw = control_to_raw(PRESETS[preset], METRIC_CURVES[cfg.search.metric])
+            candidates.append((f"preset {preset}", raw))
+            losses.append("surrogate")
+        candidates.append((CROSS_ENTROPY, initial_raw(cfg.search.metric)))  # raw unused
+        losses.append("ce")
     state.phase, state.step = "confirm", state.step + 1
     state.queue = [
         {
@@ -179,8 +193,9 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             "raw": raw,
             "seed": cfg.search.seed + 1 + k,
             "fault": "",
+            "loss": loss,
         }
-        for index, (name, raw) in enumerate(candidates)
+        for index, ((name, raw), loss) in enumerate(zip(candidates, losses, strict=True))
         for k in range(cfg.search.confirm_seeds)
     ]
     state.round_size = len(state.queue)
@@ -219,11 +234,13 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
     return {
         "metric": metric,
         "best": best,
+        "loss": "ce" if best == CROSS_ENTROPY else "surrogate",  # what the export trains with
         "reward": reward,
         "seeds": seeds,
         "identity_reward": next((s[0] for s in scores.values() if s[1] == identity), math.nan),
         "final_mean_reward": scores.get("final mean", (math.nan,))[0],
-        "theta": to_theta(metric, raw),
+        "ce_reward": scores.get(CROSS_ENTROPY, (math.nan,))[0],
+        "theta": to_theta(metric, raw) if raw else [],
         "raw": raw,
         "candidates": {name: score[0] for name, score in scores.items()},
         "trials": len(state.records),
@@ -235,15 +252,18 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
     """<metric>_bezier.yaml (a retrain file: the loss and its dataset) and summary.json."""
     search = cfg.search
     path = Path(run_dir) / f"{search.metric}_bezier.yaml"
+    loss = {
+        "name": "surrogate",
+        "metric": search.metric,
+        "theta": [round(v, 8) for v in summary["theta"]],
+        "tolerance": search.tolerance,
+        "drop_background": search.drop_background,
+        "region_weight": search.region_weight,
+    }
+    if summary["loss"] == "ce":  # no searched loss beat it: retrain with CE, and say so
+        loss = {"name": "ce"}
     doc = {
-        "loss": {
-            "name": "surrogate",
-            "metric": search.metric,
-            "theta": [round(v, 8) for v in summary["theta"]],
-            "tolerance": search.tolerance,
-            "drop_background": search.drop_background,
-            "region_weight": search.region_weight,
-        },
+        "loss": loss,
         "data": {"name": cfg.data.name, "params": dict(cfg.data.params)},
         "search": {
             "run": str(run_dir),
@@ -257,6 +277,11 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
         f"# {search.metric} surrogate found by seg-loss-search ({search.controller}); "
         f"retrain: ./launch.sh retrain {path}\n"
     )
+    if summary["loss"] == "ce":
+        header = (
+            f"# no searched {search.metric} loss beat cross-entropy in the confirmation round "
+            f"of {run_dir}: this file retrains with cross-entropy\n"
+        )
     write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
     write_json(Path(run_dir) / "summary.json", {**summary, "export": str(path)})
 

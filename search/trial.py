@@ -23,6 +23,7 @@ from segnets import build_segnet
 from segnets.engine import NonFiniteLossError, TrainStats, evaluate, fit, seed_everything
 from surrogates import METRIC_COLUMNS, SurrogateLoss
 from surrogates.fused import compiling
+from surrogates.losses import CrossEntropy
 
 SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb")  # what speed_columns() adds to a result
 
@@ -72,8 +73,11 @@ def build_datasets(cfg: Config):
     return train_set, reward_set
 
 
-def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict:
-    """Train and score one sample. Returns {"status", "reason", "seconds", metrics...}."""
+def run_trial(
+    cfg: Config, raw: list[float], seed: int, fault: str = "", loss: str = "surrogate"
+) -> dict:
+    """Train and score one sample (loss "ce": cross-entropy instead, a confirmation-round
+    baseline). Returns {"status", "reason", "seconds", metrics...}."""
     start = time.perf_counter()
     try:
         if fault == "raise":
@@ -81,7 +85,10 @@ def run_trial(cfg: Config, raw: list[float], seed: int, fault: str = "") -> dict
         device = "cuda" if torch.cuda.is_available() else "cpu"
         train_set, reward_set = build_datasets(cfg)
         num_classes = train_set.num_classes
-        loss_fn = build_loss(cfg, raw, num_classes)
+        if loss == "ce":
+            loss_fn = CrossEntropy(ignore_index=train_set.ignore_index, num_classes=num_classes)
+        else:
+            loss_fn = build_loss(cfg, raw, num_classes)
         if fault == "nan":
             loss_fn = _explodes(loss_fn, at_iteration=2)
         seed_everything(seed)

@@ -27,6 +27,7 @@ TINY = [
     "search.confirm_top_k=1",
     "search.confirm_seeds=1",
     "search.faults=2:1=raise,2:2=nan,1:2=kill",
+    "search.confirm_baselines=false",  # 8-iteration proxies: CE would win (tests/test_searcher)
 ]
 TOTAL_TRIALS = 2 * 3 + 3  # steps x samples + (final mean, top-1, identity) x 1 seed
 

@@ -40,8 +40,10 @@ def tune_searcher(cfg, run_dir):
     return searcher
 
 
-def drive(searcher, results=toy_result, limit=100):
-    """Run the searcher to the end like Tune with two slots; returns the suggested configs."""
+def drive(searcher, results=None, limit=100):
+    """Run the searcher to the end like Tune with two slots; returns the suggested configs.
+    results(config) -> a trial's result; default: toy_result of the config's raw vector."""
+    results = results or (lambda config: toy_result(raw_of(config)))
     suggested, running, n = [], [], 0
     while True:
         while len(running) < 2:
@@ -55,7 +57,7 @@ def drive(searcher, results=toy_result, limit=100):
             assert config == "FINISHED"
             return suggested
         trial_id, config = running.pop(0)
-        searcher.on_trial_complete(trial_id, results(raw_of(config)))
+        searcher.on_trial_complete(trial_id, results(config))
         assert len(suggested) < limit
 
 
@@ -98,6 +100,8 @@ def test_the_reward_drops_background_as_the_dataset_evaluation_does(tmp_path):
         assert results[drop]["status"] == "ok", results[drop]["reason"]
     speed = results[True]  # trials.csv's speed columns: steady it/s, data share, no GPU memory
     assert speed["it_per_s"] > 0 and 0 < speed["data_wait"] < 1 and math.isnan(speed["peak_gb"])
+    ce = run_trial(cfg, initial_raw("bf1"), seed=0, loss="ce")  # a confirmation baseline
+    assert ce["status"] == "ok" and ce["miou"] != results[True]["miou"]
     assert results[False]["miou"] == results[True]["miou"]  # the same model ...
     assert results[False]["bf1"] != results[True]["bf1"]  # ... scored with or without class 0
     assert results[False]["biou"] != results[True]["biou"]
@@ -159,10 +163,14 @@ def test_a_search_runs_steps_then_confirms_and_exports(tmp_path):
     assert len(search) == 2 * 4
     assert raw_of(search[0]) == pytest.approx(initial_raw("miou"))  # step 1's mean: the identity
     assert all(c["seed"] == 5 for c in search)  # one training seed for every sample
-    # final mean + top-2 distinct samples + identity, two new seeds each
+    # final mean + top-2 distinct samples + identity + the published preset + cross-entropy,
+    # the same two new seeds each
     names = sorted({c["candidate"] for c in confirm})
     assert len(confirm) == 2 * len(names) and {c["seed"] for c in confirm} == {6, 7}
-    assert "final mean" in names and "identity" in names and len(names) == 4
+    assert {"final mean", "identity", "preset asl-voc-miou", "cross-entropy"} <= set(names)
+    assert len(names) == 6
+    assert {c["loss"] for c in confirm if c["candidate"] == "cross-entropy"} == {"ce"}
+    assert {c["loss"] for c in confirm if c["candidate"] != "cross-entropy"} == {"surrogate"}
 
     policy = read_csv(tmp_path / "policy.csv")
     trials = read_csv(tmp_path / "trials.csv")
@@ -197,6 +205,33 @@ def test_failed_trials_get_the_worst_reward_of_their_step(tmp_path):
     assert rows[failed]["status"] == "failed" and rows[failed]["reason"] == "boom"
     assert float(rows[failed]["reward_used"]) == min(ok_rewards)
     assert read_csv(tmp_path / "policy.csv")[0]["failed"] == "1"
+
+
+def test_cross_entropy_can_win_the_confirmation_round_and_is_then_exported(tmp_path):
+    """When no searched loss beats CE on the new seeds, the export says so and retrains with
+    CE (`name: ce`), rather than exporting a surrogate that is worse than the default."""
+    import yaml
+
+    from retrain.config import resolve as resolve_retrain
+
+    searcher = tune_searcher(tiny_config(tmp_path), tmp_path)
+
+    def ce_is_best(config):
+        result = toy_result(raw_of(config))
+        if config.get("loss") == "ce":
+            result["miou"] = 0.99
+        return result
+
+    drive(searcher, results=ce_is_best)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["best"] == "cross-entropy" and summary["loss"] == "ce"
+    assert summary["reward"] == summary["ce_reward"] == 0.99 and summary["theta"] == []
+    exported = tmp_path / "miou_bezier.yaml"
+    assert exported.read_text().startswith("# no searched miou loss beat cross-entropy")
+    assert yaml.safe_load(exported.read_text())["loss"] == {"name": "ce"}
+    assert resolve_retrain(exported, {"data.root": str(tmp_path)}).loss == {"name": "ce"}
+    ce_rows = [r for r in read_csv(tmp_path / "trials.csv") if r["candidate"] == "cross-entropy"]
+    assert len(ce_rows) == 2 and all(r["raw_0"] == "" and r["theta_0"] == "" for r in ce_rows)
 
 
 def test_a_failed_policy_mean_is_an_unbiased_baseline_not_the_worst_reward(tmp_path):
