@@ -9,7 +9,7 @@ copy for all of them). The rescale then runs from the cached image.
 
 Layout: <cache_root>/<dataset>-<key>/{pixels.u8, index.npy, params.json}, where pixels.u8 holds
 each image's (3, h, w) bytes followed by its (h, w) labels and index.npy an (offset, h, w) row
-per image. The key hashes what the content depends on (the image and label files, the size,
+per image. The key hashes what the content depends on (the image and label file paths, the size,
 VERSION): another split, holdout or scale gets another folder. The folder is written under a
 temporary name and renamed when complete, so a crash never leaves half a cache and two
 processes building it at once end with one. Delete the folder to rebuild it.
