@@ -183,7 +183,9 @@ def proxy_alone(cfg, device: torch.device, warmup: int, timed: int) -> dict:
 
 def _proxy_alone(cfg, device: torch.device, warmup: int, timed: int) -> dict:
     train_set = build_train_set(cfg.data, cfg.proxy, without_holdout=True)
-    loss_fn = build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
+    loss_fn = build_loss(
+        cfg, initial_raw(cfg.search.metric, cfg.search.ce_mix), train_set.num_classes
+    )
     engine.seed_everything(0)
     model = build_segnet(cfg.proxy.model, train_set.num_classes, **cfg.proxy.model_args)
     fit_cfg = replace(cfg.proxy.fit, iterations=warmup + timed, quiet=True)

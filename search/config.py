@@ -72,6 +72,9 @@ class SearchConfig:
     # the reference's search evaluator hard-codes True, SPEC A§1.5)
     reward_drop_background: bool = True
     region_weight: float = 0.0  # boundary metrics: + w * (1 - soft mIoU), SPEC B2
+    # loss = (1 - l) * surrogate + l * cross-entropy: off (l = 0, the reference objective), a
+    # fixed l in [0, 1], or searched (one more search dimension, starting at 0.25)
+    ce_mix: Any = "off"  # YAML reads off as false; check() makes it "off", "searched" or a float
     failure_reward: float | None = None  # None = the worst reward of the failed trial's step
     confirm_top_k: int = 3  # confirmation round: the final mean + the k best samples ...
     confirm_seeds: int = 2  # ... each trained with this many new seeds
@@ -125,9 +128,18 @@ def check(config: Config) -> None:
         raise ConfigError(str(unknown_name("metric", search.metric, METRICS)))
     if search.controller not in list_controllers():
         raise ConfigError(str(unknown_name("controller", search.controller, list_controllers())))
+    search.ce_mix = _ce_mix(search.ce_mix)
     if search.reward_split not in ("holdout", "val"):
         raise ConfigError(f"search.reward_split must be holdout or val, got {search.reward_split}")
     check_ranges(config)
+
+
+def _ce_mix(value: Any) -> str | float:
+    if value in (False, "off", "searched"):
+        return value or "off"
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise ConfigError(f"search.ce_mix must be off, searched or a number in [0, 1], got {value}")
 
 
 def load(path: str | Path) -> Config:

@@ -97,7 +97,9 @@ def check_builds(cfg: Config) -> SurrogateLoss:
     def build() -> None:
         train_set, _ = build_datasets(cfg)
         build_segnet(cfg.proxy.model, train_set.num_classes, **cfg.proxy.model_args)
-        built["loss"] = build_loss(cfg, initial_raw(cfg.search.metric), train_set.num_classes)
+        built["loss"] = build_loss(
+            cfg, initial_raw(cfg.search.metric, cfg.search.ce_mix), train_set.num_classes
+        )
 
     preflight(build)
     return built["loss"]

@@ -41,7 +41,7 @@ class StepSearcher(Searcher):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         search = cfg.search
-        init = initial_raw(search.metric)
+        init = initial_raw(search.metric, search.ce_mix)
         self.dims = len(init)
         uniform = search.random_uniform
         self.controller = build_controller(search.controller, init, cfg.ppo, search.seed, uniform)
@@ -77,14 +77,14 @@ class StepSearcher(Searcher):
         if error or "status" not in result:
             reason = f"the trial's worker died {RETRIES + 1} times (or Tune failed it)"
             result.update(status="failed", reason=reason)
-        state, metric = self.state, self.cfg.search.metric
+        state = self.state
         try:
-            if steps.record_result(state, trial_id, job, result, metric):
+            if steps.record_result(state, trial_id, job, result, self.cfg.search):
                 steps.advance(state, self.controller, self.cfg, self.run_dir, self.started)
         except steps.SearchFailed as failure:
             state.phase = "failed"
             write_json(self.run_dir / "failed.json", {"error": str(failure)})
-        steps.write_run_files(state, self.run_dir, metric)
+        steps.write_run_files(state, self.run_dir, self.cfg.search)
         elapsed = time.time() - self.started
         print(steps.progress_line(state, self.cfg, len(self.running), elapsed), flush=True)
 
@@ -106,7 +106,7 @@ class StepSearcher(Searcher):
         # trials Tune still had running are re-run under their trial ids: the same jobs
         self.state, self.running = saved["state"], saved["running"]
         # drops rows written after the state Tune saved; those trials run again
-        steps.write_run_files(self.state, self.run_dir, self.cfg.search.metric)
+        steps.write_run_files(self.state, self.run_dir, self.cfg.search)
 
 
 def raw_space(dims: int) -> dict:

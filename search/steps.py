@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 from results.files import write_csv, write_json, write_text
-from search.config import Config
-from search.space import initial_raw, raw_keys, to_theta
+from search.config import Config, SearchConfig
+from search.space import ce_weight, curve_dims, initial_raw, raw_keys, to_theta
 from search.trial import SPEED_COLUMNS
 from surrogates import METRIC_COLUMNS, PRESETS
 from surrogates.curves import METRIC_CURVES, control_to_raw
@@ -83,8 +83,11 @@ def propose_step(state: SearchState, controller, cfg: Config) -> None:
     state.round_size = len(state.queue)
 
 
-def record_result(state: SearchState, trial_id: str, job: dict, result: dict, metric: str) -> bool:
+def record_result(
+    state: SearchState, trial_id: str, job: dict, result: dict, search: SearchConfig
+) -> bool:
     """Keep one trial's result; True when it completes the open round."""
+    metric = search.metric
     ok = result.get("status") == "ok"
     reward = result.get(metric, math.nan) if ok else math.nan
     record = {
@@ -101,9 +104,10 @@ def record_result(state: SearchState, trial_id: str, job: dict, result: dict, me
         "node": result.get("node", ""),
         "raw": list(job["raw"]),
         "theta": to_theta(metric, job["raw"]),
+        "ce_weight": ce_weight(search.ce_mix, metric, job["raw"]),
     }
     if job.get("loss") == "ce":  # no curves: the raw and theta columns stay empty
-        record["raw"], record["theta"] = [], []
+        record["raw"], record["theta"], record["ce_weight"] = [], [], 1.0
     if job["phase"] == "confirm":
         record["reward_used"] = reward  # a search trial's is set when its step closes
     record.update({k: result.get(k, math.nan) for k in (*METRIC_COLUMNS, *SPEED_COLUMNS)})
@@ -166,7 +170,7 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
         key=lambda r: -r["reward"],
     )
     candidates = [("final mean", controller.mean)]
-    identity = ("identity", initial_raw(cfg.search.metric))
+    identity = ("identity", initial_raw(cfg.search.metric, cfg.search.ce_mix))
     for r in searched:
         if len(candidates) > cfg.search.confirm_top_k:
             break
@@ -179,9 +183,10 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
         preset = f"asl-voc-{cfg.search.metric}"
         if preset in PRESETS:
             raw = control_to_raw(PRESETS[preset], METRIC_CURVES[cfg.search.metric])
+            raw += [0.0] if cfg.search.ce_mix == "searched" else []  # as published: no CE
             candidates.append((f"preset {preset}", raw))
             losses.append("surrogate")
-        candidates.append((CROSS_ENTROPY, initial_raw(cfg.search.metric)))  # raw unused
+        candidates.append((CROSS_ENTROPY, identity[1]))  # raw unused
         losses.append("ce")
     state.phase, state.step = "confirm", state.step + 1
     state.queue = [
@@ -230,7 +235,9 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         raise SearchFailed("every trial of the confirmation round failed; nothing to export")
     best = max(scores, key=lambda name: scores[name][0])
     reward, raw, seeds = scores[best]
-    identity = initial_raw(metric)  # the final mean may be it, when no update moved it
+    identity = initial_raw(
+        metric, cfg.search.ce_mix
+    )  # the final mean may be it, when no update moved it
     return {
         "metric": metric,
         "best": best,
@@ -241,6 +248,7 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         "final_mean_reward": scores.get("final mean", (math.nan,))[0],
         "ce_reward": scores.get(CROSS_ENTROPY, (math.nan,))[0],
         "theta": to_theta(metric, raw) if raw else [],
+        "ce_weight": ce_weight(cfg.search.ce_mix, metric, raw) if raw else 1.0,
         "raw": raw,
         "candidates": {name: score[0] for name, score in scores.items()},
         "trials": len(state.records),
@@ -260,6 +268,8 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
         "drop_background": search.drop_background,
         "region_weight": search.region_weight,
     }
+    if summary["ce_weight"] > 0:
+        loss["ce_weight"] = round(summary["ce_weight"], 8)
     if summary["loss"] == "ce":  # no searched loss beat it: retrain with CE, and say so
         loss = {"name": "ce"}
     doc = {
@@ -289,13 +299,14 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
 # --- run files and progress ---------------------------------------------------------------------
 
 
-def write_run_files(state: SearchState, run_dir: Path, metric: str) -> None:
+def write_run_files(state: SearchState, run_dir: Path, search: SearchConfig) -> None:
     """trials.csv (a row per finished trial) and policy.csv (a row per closed step)."""
-    keys = raw_keys(len(initial_raw(metric)))
+    keys = raw_keys(len(initial_raw(search.metric, search.ce_mix)))
     columns = [
         "trial_id", "phase", "step", "sample", "candidate", "seed", "status", "reward",
         "reward_used", *METRIC_COLUMNS, "seconds", *SPEED_COLUMNS, "node", "reason", *keys,
-        *[key.replace("raw_", "theta_") for key in keys],
+        *[key.replace("raw_", "theta_") for key in keys[: curve_dims(search.metric)]],
+        "ce_weight",
     ]  # fmt: skip
     records = sorted(state.records, key=lambda r: (r["step"], r["sample"], r["seed"]))
     rows = [r | _columns("raw", r["raw"]) | _columns("theta", r["theta"]) for r in records]

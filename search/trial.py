@@ -18,7 +18,7 @@ from data import build_dataset, eval_loader
 from data.transforms import eval_transforms
 from experiments.config import build_train_set
 from search.config import Config
-from search.space import to_theta
+from search.space import ce_weight, to_theta
 from segnets import build_segnet
 from segnets.engine import NonFiniteLossError, TrainStats, evaluate, fit, seed_everything
 from surrogates import METRIC_COLUMNS, SurrogateLoss
@@ -38,6 +38,7 @@ def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss
         drop_background=search.drop_background,
         region_weight=search.region_weight,
         group_size=cfg.proxy.loss_group_size,
+        ce_weight=ce_weight(search.ce_mix, search.metric, raw),
     )
 
 

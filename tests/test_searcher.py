@@ -234,6 +234,34 @@ def test_cross_entropy_can_win_the_confirmation_round_and_is_then_exported(tmp_p
     assert len(ce_rows) == 2 and all(r["raw_0"] == "" and r["theta_0"] == "" for r in ce_rows)
 
 
+def test_a_searched_ce_weight_is_one_more_dimension_exported_with_the_loss(tmp_path):
+    import yaml
+
+    from search.trial import build_loss
+
+    with pytest.raises(ConfigError, match="search.ce_mix must be off, searched or a number in"):
+        tiny_config(tmp_path, **{"search.ce_mix": "1.5"})
+    fixed = tiny_config(tmp_path, **{"search.ce_mix": "0.3"})
+    assert build_loss(fixed, initial_raw("miou"), 3).ce_weight == 0.3
+    assert build_loss(tiny_config(tmp_path), initial_raw("miou"), 3).ce_weight == 0.0
+
+    cfg = tiny_config(tmp_path, **{"search.ce_mix": "searched"})
+    searcher = tune_searcher(cfg, tmp_path)
+    assert searcher.dims == len(initial_raw("miou")) + 1
+    suggested = drive(searcher, results=lambda c: toy_result(raw_of(c)[-1:]))  # more CE: better
+    first = raw_of(suggested[0])
+    assert first[-1] == 0.25 and build_loss(cfg, first, 3).ce_weight == 0.25
+    preset = [c for c in suggested if c.get("candidate", "").startswith("preset")]
+    assert preset and all(raw_of(c)[-1] == 0.0 for c in preset)  # the published loss, no CE
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    loss = yaml.safe_load((tmp_path / "miou_bezier.yaml").read_text())["loss"]
+    assert loss["ce_weight"] == pytest.approx(summary["ce_weight"]) and summary["ce_weight"] > 0.25
+    assert len(loss["theta"]) == 12
+    rows = read_csv(tmp_path / "trials.csv")
+    assert all(float(r["ce_weight"]) == float(r["raw_12"]) for r in rows if r["raw_12"])
+    assert "theta_12" not in rows[0]
+
+
 def test_a_failed_policy_mean_is_an_unbiased_baseline_not_the_worst_reward(tmp_path):
     """Sample 0 is the policy mean, PPO's baseline (A_i = R_i - R_0). Scored with the step's
     worst reward, every advantage would be >= 0 and the update would pull the mean toward every

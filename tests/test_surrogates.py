@@ -158,6 +158,23 @@ def test_region_weight_adds_the_identity_soft_miou():
         assert float(guarded) == pytest.approx(float(plain + 0.5 * soft_miou_loss), abs=1e-12)
 
 
+def test_ce_weight_mixes_cross_entropy_in_by_the_formula():
+    logits, target = data()
+    target[0, :3] = 255  # void pixels leave both parts
+    valid = target != 255
+    log_p = torch.log_softmax(logits, dim=1)
+    gathered = log_p.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+    ce = -gathered[valid].mean()  # cross-entropy written out, mean over the valid pixels
+    for metric in ("miou", "bf1"):
+        surrogate = SurrogateLoss(metric, f"asl-voc-{metric}", C)(logits, target)
+        for weight in (0.25, 1.0):
+            mixed = SurrogateLoss(metric, f"asl-voc-{metric}", C, ce_weight=weight)
+            expected = (1 - weight) * surrogate + weight * ce
+            assert float(mixed(logits, target)) == pytest.approx(float(expected), abs=1e-12)
+    with pytest.raises(ValueError, match="ce_weight must be in"):
+        SurrogateLoss("miou", "identity", C, ce_weight=1.5)
+
+
 def test_presets_build_with_exact_vectors_and_bad_options_fail():
     for metric in METRICS:
         assert SurrogateLoss(metric, f"asl-voc-{metric}", 21).theta == PRESETS[f"asl-voc-{metric}"]
