@@ -261,7 +261,7 @@ RANGES = {
     **dict.fromkeys(
         ["iterations", "batch_size", "lr", "head_lr_mult", "crop_size", "eval_crop",
          "eval_batch_size", "scale", "eval_scale", "ratio_range", "steps", "sigma", "epochs",
-         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size"],
+         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size", "rungs"],
         _POSITIVE,
     ),
     **dict.fromkeys(
@@ -272,6 +272,7 @@ RANGES = {
     ),
     **dict.fromkeys(["momentum", "aux_weight", "region_weight", "cat_max_ratio"], _UNIT),
     "samples": (">= 2 (the first is the policy mean)", lambda v: v >= 2),
+    "reduction": (">= 2", lambda v: v >= 2),
 }  # fmt: skip
 
 

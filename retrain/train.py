@@ -27,13 +27,13 @@ from retrain.config import RetrainConfig
 from segnets import build_segnet
 from segnets.engine import (
     evaluate,
+    load_training_state,
     process_rank,
-    rng_state,
     seed_everything,
-    set_rng_state,
     setup_training,
     train_batches,
     train_steps,
+    training_state,
 )
 from surrogates import METRIC_COLUMNS, METRICS, build_loss
 
@@ -82,13 +82,7 @@ def _due(iteration: int, every: int, iterations: int) -> bool:
 
 def save_checkpoint(path: Path, model, optimizer, iteration: int, cfg: RetrainConfig) -> None:
     """A plain dict, written atomically; it carries the resolved config it was trained with."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "iteration": iteration,
-        "rng": rng_state(),
-        "config": to_dict(cfg),
-    }
+    state = training_state(model, optimizer, iteration) | {"config": to_dict(cfg)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -96,10 +90,7 @@ def save_checkpoint(path: Path, model, optimizer, iteration: int, cfg: RetrainCo
 def resume(path: Path, model, optimizer, device: torch.device) -> int:
     """Load a checkpoint into model and optimizer, restore the RNG states; its iteration."""
     checkpoint = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    set_rng_state(checkpoint["rng"])
-    return checkpoint["iteration"]
+    return load_training_state(checkpoint, model, optimizer)
 
 
 def train(run_dir: str | Path) -> dict | None:

@@ -76,6 +76,11 @@ class SearchConfig:
     # fixed l in [0, 1], or searched (one more search dimension, starting at 0.25)
     ce_mix: Any = "off"  # YAML reads off as false; check() makes it "off", "searched" or a float
     failure_reward: float | None = None  # None = the worst reward of the failed trial's step
+    # successive halving inside each step: rung 1 trains every sample for iterations /
+    # reduction^(rungs - 1), each later rung continues the best 1/reduction (and the policy
+    # mean) from their checkpoints, reduction times longer; the last rung is the full budget
+    rungs: int = 1
+    reduction: int = 2
     confirm_top_k: int = 3  # confirmation round: the final mean + the k best samples ...
     confirm_seeds: int = 2  # ... each trained with this many new seeds
     # cross-entropy and the metric's published preset (asl-voc-<metric>) are candidates too:
@@ -132,6 +137,11 @@ def check(config: Config) -> None:
     if search.reward_split not in ("holdout", "val"):
         raise ConfigError(f"search.reward_split must be holdout or val, got {search.reward_split}")
     check_ranges(config)
+    if config.proxy.fit.iterations < search.reduction ** (search.rungs - 1):
+        raise ConfigError(
+            f"search.rungs={search.rungs} with search.reduction={search.reduction} leaves the "
+            f"first rung less than 1 of proxy.fit.iterations={config.proxy.fit.iterations}"
+        )
 
 
 def _ce_mix(value: Any) -> str | float:

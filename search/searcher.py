@@ -12,6 +12,7 @@ the whole state, so `Tuner.restore` resumes exactly.
 import math
 import os
 import pickle
+import shutil
 import signal
 import tempfile
 import time
@@ -67,6 +68,8 @@ class StepSearcher(Searcher):
         self.running[trial_id] = job
         # the raw vector under the param_space's keys: Tune fills the trial config with them
         config = {key: value for key, value in job.items() if key != "raw"}
+        if job["resume"]:  # a continued rung: the checkpoint its previous trial left to Tune
+            config["resume"] = str(checkpoint_file(self.run_dir, job["resume"]))
         return config | dict(zip(raw_keys(self.dims), job["raw"], strict=True))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -80,13 +83,21 @@ class StepSearcher(Searcher):
         state = self.state
         try:
             if steps.record_result(state, trial_id, job, result, self.cfg.search):
+                step = state.step
                 steps.advance(state, self.controller, self.cfg, self.run_dir, self.started)
+                if state.step != step:  # the step closed: its rungs' checkpoints are spent
+                    self.drop_checkpoints(step)
         except steps.SearchFailed as failure:
             state.phase = "failed"
             write_json(self.run_dir / "failed.json", {"error": str(failure)})
         steps.write_run_files(state, self.run_dir, self.cfg.search)
         elapsed = time.time() - self.started
         print(steps.progress_line(state, self.cfg, len(self.running), elapsed), flush=True)
+
+    def drop_checkpoints(self, step: int) -> None:
+        for record in self.state.records:
+            if (record["phase"], record["step"]) == ("search", step):
+                shutil.rmtree(checkpoint_file(self.run_dir, record["trial_id"]).parent, True)
 
     def save(self, checkpoint_path: str) -> None:
         state = {
@@ -109,6 +120,15 @@ class StepSearcher(Searcher):
         steps.write_run_files(self.state, self.run_dir, self.cfg.search)
 
 
+def checkpoint_file(run_dir: Path, trial_id: str) -> Path:
+    """Where Tune keeps the checkpoint a trial reported (one per trial: checkpoint_000000 of
+    its folder under storage_path/name, see run_search)."""
+    return run_dir / "tune" / f"trial_{trial_id}" / "checkpoint_000000" / CHECKPOINT
+
+
+CHECKPOINT = "model.pth"
+
+
 def raw_space(dims: int) -> dict:
     """The search space as the Tuner's param_space: D raw coordinates in [0, 1] (SPEC B4)."""
     return {key: tune.uniform(0.0, 1.0) for key in raw_keys(dims)}
@@ -124,11 +144,17 @@ def proxy_trial(config: dict, cfg: Config) -> None:
         if not attempted.exists():
             attempted.touch()
             os.kill(os.getpid(), signal.SIGKILL)
-    loss = config.get("loss", "surrogate")
-    result = run_trial(cfg, raw_of(config), config["seed"], config.get("fault", ""), loss)
-    result["node"] = ray.get_runtime_context().get_node_id()[:12]
-    result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN if failed
-    tune.report(result)
+    loss, stop = config.get("loss", "surrogate"), config["iterations"]
+    with tempfile.TemporaryDirectory() as folder:
+        # a successive-halving rung below the full budget leaves a checkpoint to continue from
+        save_to = Path(folder) / CHECKPOINT if stop < cfg.proxy.fit.iterations else None
+        resume_from = config["resume"] or None
+        args = (config["seed"], config.get("fault", ""), loss, stop, resume_from, save_to)
+        result = run_trial(cfg, raw_of(config), *args)
+        result["node"] = ray.get_runtime_context().get_node_id()[:12]
+        result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN: failed
+        saved = save_to is not None and save_to.is_file()
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder) if saved else None)
 
 
 def start_ray(cfg: Config, num_gpus: int) -> None:

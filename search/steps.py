@@ -3,6 +3,8 @@
     for step in 1 .. ppo.steps:
         propose_step        the controller proposes the step's samples (jobs)
         record_result       each trained proxy's result, as it comes in
+        promote             successive halving (search.rungs > 1): the best 1/reduction of a
+                            rung, and the policy mean, continue from their checkpoints
         close_step          the step's rewards -> the controller's update, a policy.csv row
     open_confirmation       the final mean, the top-k samples and the identity, new seeds each
     record_result           ... the confirmation trials
@@ -19,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import scipy.stats
 import yaml
 
 from results.files import write_csv, write_json, write_text
@@ -37,6 +40,7 @@ class SearchFailed(RuntimeError):
 @dataclass
 class SearchState:
     step: int = 0  # the open step, 1-based (0 before the first); confirmation: ppo.steps + 1
+    rung: int = 0  # the open rung of the step (successive halving), the last in confirmation
     phase: str = "search"  # search -> confirm -> done (or failed)
     queue: list[dict] = field(default_factory=list)  # jobs of the open round not handed out
     round_size: int = 0  # jobs in the open round (a step, or the confirmation round)
@@ -66,8 +70,15 @@ def parse_faults(text: str) -> dict[tuple[int, int], str]:
 # --- a step -------------------------------------------------------------------------------------
 
 
+def rung_iterations(cfg: Config, rung: int) -> int:
+    """Where a trial of `rung` stops: the full proxy budget at the last rung, 1/reduction of
+    the next rung's below it. The learning-rate schedule is the full budget's at every rung."""
+    search, budget = cfg.search, cfg.proxy.fit.iterations
+    return max(1, round(budget / search.reduction ** (search.rungs - 1 - rung)))
+
+
 def propose_step(state: SearchState, controller, cfg: Config) -> None:
-    state.step += 1
+    state.step, state.rung = state.step + 1, 0
     faults = parse_faults(cfg.search.faults)
     state.queue = [
         {
@@ -77,8 +88,43 @@ def propose_step(state: SearchState, controller, cfg: Config) -> None:
             "raw": raw,
             "seed": cfg.search.seed,  # one training seed for every sample of the search
             "fault": faults.get((state.step, i), ""),
+            "rung": 0,
+            "start": 0,
+            "iterations": rung_iterations(cfg, 0),
+            "resume": "",  # the trial whose checkpoint a continued trial starts from
         }
         for i, raw in enumerate(controller.propose())
+    ]
+    state.round_size = len(state.queue)
+
+
+def promote(state: SearchState, cfg: Config) -> None:
+    """Successive halving: the best ceil(n / reduction) of the n samples the rung was planned
+    for (see rung_sizes), and sample 0,
+    continue to the next rung from their checkpoints (same seed, same schedule: exactly the
+    model a straight training would reach). Sample 0, the policy mean, always continues: it
+    is the baseline each sample's advantage is measured against at the sample's last rung."""
+    rows = _round_records(state)
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -r["reward"])
+    if not ok:
+        raise SearchFailed(f"every trial of step {state.step} rung {state.rung} failed")
+    keep = ok[: rung_sizes(cfg)[state.rung + 1]]
+    keep += [r for r in ok if r["sample"] == 0 and r not in keep]
+    state.rung += 1
+    state.queue = [
+        {
+            "phase": "search",
+            "step": state.step,
+            "sample": r["sample"],
+            "raw": r["raw"],
+            "seed": r["seed"],
+            "fault": "",
+            "rung": state.rung,
+            "start": r["iterations"],
+            "iterations": rung_iterations(cfg, state.rung),
+            "resume": r["trial_id"],
+        }
+        for r in sorted(keep, key=lambda r: r["sample"])
     ]
     state.round_size = len(state.queue)
 
@@ -95,8 +141,11 @@ def record_result(
         "phase": job["phase"],
         "step": job["step"],
         "sample": job["sample"],
+        "rung": job["rung"],
         "candidate": job.get("candidate", ""),
         "seed": job["seed"],
+        "iterations": job["iterations"],  # where its training stopped ...
+        "trained": job["iterations"] - job["start"],  # ... and how many of them it trained
         "status": result.get("status", "failed"),
         "reason": result.get("reason", ""),
         "reward": reward,
@@ -116,39 +165,63 @@ def record_result(
 
 
 def _round_records(state: SearchState) -> list[dict]:
-    return [r for r in state.records if (r["phase"], r["step"]) == (state.phase, state.step)]
+    open_round = (state.phase, state.step, state.rung)
+    return [r for r in state.records if (r["phase"], r["step"], r["rung"]) == open_round]
 
 
 def close_step(state: SearchState, controller, cfg: Config) -> None:
-    """The controller's update from the step's rewards; a failed trial counts with
-    search.failure_reward (default: the step's worst reward), a failed sample 0 (the baseline)
-    with the mean of the successful rewards."""
-    rows = sorted(_round_records(state), key=lambda r: r["sample"])
-    ok = [r["reward"] for r in rows if r["status"] == "ok"]
-    if not ok:
-        reasons = sorted({r["reason"] for r in rows})
-        raise SearchFailed(
-            f"every trial of step {state.step} failed ({'; '.join(reasons)}); "
-            "the policy was not updated"
-        )
-    fallback = min(ok) if cfg.search.failure_reward is None else cfg.search.failure_reward
-    for r in rows:
-        r["reward_used"] = r["reward"] if r["status"] == "ok" else fallback
-    if rows[0]["status"] != "ok":
-        # sample 0 is the policy mean, PPO's baseline: scored with the worst reward it would make
-        # every advantage >= 0 and pull the mean toward all the samples; the mean of the
+    """The controller's update from the step's rewards, one per sample, taken at the last rung
+    the sample reached. A failed trial counts with search.failure_reward (default: the worst
+    reward of its rung), a failed sample 0 (the baseline) with the mean of its rung's
+    successful rewards.
+
+    With successive halving the rewards of different rungs are not comparable (fewer
+    iterations score lower), so each sample's advantage over the baseline is taken at its own
+    last rung, against sample 0 trained with the same seed to the same iteration (which always
+    continues): reward_used = R_i(rung) - R_0(rung) + R_0(last rung). PPO's advantages
+    R_i - R_0 are then paired differences at equal fidelity; with one rung, the plain rewards."""
+    rows = [r for r in state.records if (r["phase"], r["step"]) == ("search", state.step)]
+    last = {r["sample"]: r for r in sorted(rows, key=lambda r: r["rung"])}
+    samples = [last[i] for i in sorted(last)]
+    baseline, fallback = {}, {}
+    for rung in sorted({r["rung"] for r in rows}):
+        at_rung = [r for r in rows if r["rung"] == rung]
+        ok = [r["reward"] for r in at_rung if r["status"] == "ok"]
+        if not ok:
+            reasons = sorted({r["reason"] for r in at_rung})
+            raise SearchFailed(
+                f"every trial of step {state.step} failed ({'; '.join(reasons)}); "
+                "the policy was not updated"
+            )
+        worst = min(ok) if cfg.search.failure_reward is None else cfg.search.failure_reward
+        fallback[rung] = worst
+        # sample 0 is the policy mean, PPO's baseline: scored with the worst reward it would
+        # make every advantage >= 0 and pull the mean toward all the samples; the mean of the
         # successful rewards estimates it without that bias
-        rows[0]["reward_used"] = statistics.fmean(ok)
-    loss = controller.update([r["raw"] for r in rows], [r["reward_used"] for r in rows])
+        zero = [r for r in at_rung if r["sample"] == 0 and r["status"] == "ok"]
+        baseline[rung] = zero[0]["reward"] if zero else statistics.fmean(ok)
+    top = max(baseline)
+    for r in samples:
+        reward = r["reward"] if r["status"] == "ok" else fallback[r["rung"]]
+        if r["sample"] == 0 and r["status"] != "ok":
+            reward = baseline[r["rung"]]
+        r["reward_used"] = (
+            reward if r["rung"] == top else reward - baseline[r["rung"]] + baseline[top]
+        )
+    loss = controller.update([r["raw"] for r in samples], [r["reward_used"] for r in samples])
+    used = [r["reward_used"] for r in samples if r["status"] == "ok"]
+    full = [r["reward"] for r in state.records if r["status"] == "ok" and _full_budget(r, cfg)]
     row = {
         "step": state.step,
-        "reward_mean": statistics.fmean(ok),
-        "reward_std": statistics.pstdev(ok),
-        "reward_min": min(ok),
-        "reward_max": max(ok),
-        "reward_of_mean": rows[0]["reward_used"],
-        "best_so_far": max(r["reward"] for r in state.records if r["status"] == "ok"),
-        "failed": len(rows) - len(ok),
+        "reward_mean": statistics.fmean(used),
+        "reward_std": statistics.pstdev(used),
+        "reward_min": min(used),
+        "reward_max": max(used),
+        "reward_of_mean": samples[0]["reward_used"],
+        "best_so_far": max(full),
+        "failed": sum(r["status"] != "ok" for r in rows),
+        "iterations": sum(r["trained"] for r in rows),
+        "rung_tau": rung_tau(rows),
         "ppo_loss": loss,
         "sigma": cfg.ppo.sigma,
     }
@@ -159,6 +232,23 @@ def close_step(state: SearchState, controller, cfg: Config) -> None:
     state.policy_rows.append(row)
 
 
+def rung_tau(rows: list[dict]) -> float:
+    """Kendall's tau-b between the first-rung and the last-rung rewards of a step's samples
+    that trained to the last rung: was pruning on the first rung's ranking safe? NaN with one
+    rung or fewer than two such samples."""
+    top = max(r["rung"] for r in rows)
+    ok = {(r["sample"], r["rung"]): r["reward"] for r in rows if r["status"] == "ok"}
+    reached = [i for (i, rung) in ok if rung == top and (i, 0) in ok]
+    if top == 0 or len(reached) < 2:
+        return math.nan
+    first, final = [ok[i, 0] for i in reached], [ok[i, top] for i in reached]
+    return float(scipy.stats.kendalltau(first, final).statistic)
+
+
+def _full_budget(record: dict, cfg: Config) -> bool:
+    return record["iterations"] == cfg.proxy.fit.iterations
+
+
 # --- the confirmation round and the export ----------------------------------------------------
 
 
@@ -166,7 +256,11 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
     """The final mean, the top-k distinct samples, the identity and (search.confirm_baselines)
     the metric's published preset and cross-entropy, each with the same new seeds."""
     searched = sorted(
-        (r for r in state.records if r["phase"] == "search" and r["status"] == "ok"),
+        (
+            r
+            for r in state.records
+            if r["phase"] == "search" and r["status"] == "ok" and _full_budget(r, cfg)
+        ),
         key=lambda r: -r["reward"],
     )
     candidates = [("final mean", controller.mean)]
@@ -188,7 +282,7 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             losses.append("surrogate")
         candidates.append((CROSS_ENTROPY, identity[1]))  # raw unused
         losses.append("ce")
-    state.phase, state.step = "confirm", state.step + 1
+    state.phase, state.step, state.rung = "confirm", state.step + 1, cfg.search.rungs - 1
     state.queue = [
         {
             "phase": "confirm",
@@ -199,6 +293,10 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             "seed": cfg.search.seed + 1 + k,
             "fault": "",
             "loss": loss,
+            "rung": state.rung,
+            "start": 0,
+            "iterations": cfg.proxy.fit.iterations,
+            "resume": "",
         }
         for index, ((name, raw), loss) in enumerate(zip(candidates, losses, strict=True))
         for k in range(cfg.search.confirm_seeds)
@@ -208,7 +306,9 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
 
 def advance(state: SearchState, controller, cfg: Config, run_dir: Path, started: float) -> None:
     """What follows a complete round: the next step, the confirmation round, or the export."""
-    if state.phase == "search":
+    if state.phase == "search" and state.rung < cfg.search.rungs - 1:
+        promote(state, cfg)
+    elif state.phase == "search":
         close_step(state, controller, cfg)
         if state.step < cfg.ppo.steps:
             propose_step(state, controller, cfg)
@@ -252,6 +352,7 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         "raw": raw,
         "candidates": {name: score[0] for name, score in scores.items()},
         "trials": len(state.records),
+        "iterations": sum(r["trained"] for r in state.records),  # proxy training iterations
         "failed": sum(r["status"] != "ok" for r in state.records),
     }
 
@@ -303,12 +404,13 @@ def write_run_files(state: SearchState, run_dir: Path, search: SearchConfig) -> 
     """trials.csv (a row per finished trial) and policy.csv (a row per closed step)."""
     keys = raw_keys(len(initial_raw(search.metric, search.ce_mix)))
     columns = [
-        "trial_id", "phase", "step", "sample", "candidate", "seed", "status", "reward",
+        "trial_id", "phase", "step", "sample", "rung", "iterations", "trained", "candidate",
+        "seed", "status", "reward",
         "reward_used", *METRIC_COLUMNS, "seconds", *SPEED_COLUMNS, "node", "reason", *keys,
         *[key.replace("raw_", "theta_") for key in keys[: curve_dims(search.metric)]],
         "ce_weight",
     ]  # fmt: skip
-    records = sorted(state.records, key=lambda r: (r["step"], r["sample"], r["seed"]))
+    records = sorted(state.records, key=lambda r: (r["step"], r["sample"], r["rung"], r["seed"]))
     rows = [r | _columns("raw", r["raw"]) | _columns("theta", r["theta"]) for r in records]
     write_csv(Path(run_dir) / "trials.csv", rows, columns)
     if state.policy_rows:
@@ -322,20 +424,35 @@ def _columns(prefix: str, vector: list[float]) -> dict:
 def progress_line(state: SearchState, cfg: Config, running: int, elapsed: float) -> str:
     done = len(state.records)
     failed = sum(r["status"] != "ok" for r in state.records)
-    ok = [r["reward"] for r in state.records if r["status"] == "ok"]
+    ok = [r["reward"] for r in state.records if r["status"] == "ok" and _full_budget(r, cfg)]
     best = f"{100 * max(ok):.2f}" if ok else "-"
-    search_trials = cfg.ppo.steps * cfg.ppo.samples
+    # closed steps as they ran; the others at most their rungs' sizes plus the policy mean
+    closed = len(state.policy_rows)
+    search_trials = sum(r["phase"] == "search" and r["step"] <= closed for r in state.records)
+    search_trials += (cfg.ppo.steps - closed) * (sum(rung_sizes(cfg)) + cfg.search.rungs - 1)
     # before the confirmation round opens its size is at most final mean + top-k + identity
-    candidates = cfg.search.confirm_top_k + 2
+    # (+ preset and cross-entropy)
+    candidates = cfg.search.confirm_top_k + 2 + 2 * cfg.search.confirm_baselines
     total = search_trials + (
         state.round_size if state.phase != "search" else candidates * cfg.search.confirm_seeds
     )
     eta = elapsed / done * max(0, total - done) if done else math.nan
     where = f"step {state.step}/{cfg.ppo.steps}" if state.phase == "search" else state.phase
+    if state.phase == "search" and cfg.search.rungs > 1:
+        where += f" rung {state.rung + 1}/{cfg.search.rungs}"
     return (
         f"[search] {where} | trials {done}/{total} done, {running} running, {failed} failed | "
         f"best {cfg.search.metric} {best} | {_clock(elapsed)} elapsed, ETA {_clock(eta)}"
     )
+
+
+def rung_sizes(cfg: Config) -> list[int]:
+    """Trials per rung of a step: samples, then ceil(n / reduction) of the rung before, each
+    rung after the first with one more when the policy mean is not among them."""
+    sizes = [cfg.ppo.samples]
+    for _ in range(cfg.search.rungs - 1):
+        sizes.append(math.ceil(sizes[-1] / cfg.search.reduction))
+    return sizes
 
 
 def _clock(seconds: float) -> str:

@@ -10,6 +10,7 @@ import math
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -75,10 +76,19 @@ def build_datasets(cfg: Config):
 
 
 def run_trial(
-    cfg: Config, raw: list[float], seed: int, fault: str = "", loss: str = "surrogate"
+    cfg: Config,
+    raw: list[float],
+    seed: int,
+    fault: str = "",
+    loss: str = "surrogate",
+    stop: int | None = None,
+    resume_from: str | Path | None = None,
+    save_to: str | Path | None = None,
 ) -> dict:
     """Train and score one sample (loss "ce": cross-entropy instead, a confirmation-round
-    baseline). Returns {"status", "reason", "seconds", metrics...}."""
+    baseline). A successive-halving rung trains to iteration `stop` of the proxy schedule,
+    from the checkpoint `resume_from` of the sample's previous rung, and saves its own to
+    `save_to` for the next. Returns {"status", "reason", "seconds", metrics...}."""
     start = time.perf_counter()
     try:
         if fault == "raise":
@@ -97,7 +107,7 @@ def run_trial(
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         fit_cfg = replace(cfg.proxy.fit, seed=seed, quiet=True)
-        stats = fit(model, loss_fn, train_set, fit_cfg, device)
+        stats = fit(model, loss_fn, train_set, fit_cfg, device, stop, resume_from, save_to)
         metrics = evaluate(
             model,
             eval_loader(reward_set, cfg.proxy.eval_batch_size),

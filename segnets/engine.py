@@ -11,7 +11,8 @@ train_steps     iterations [start, stop): poly schedule with optional linear war
                 + aux_weight * aux, bf16 autocast on CUDA with the loss in float32, channels_last
                 on CUDA, a non-finite loss check without a host sync per step, progress lines;
                 returns how long the steps took and how long they waited for data
-fit             all of it from scratch: what a proxy trial trains
+fit             all of it, from scratch or from a saved `training_state`: what a proxy trial
+                trains
 evaluate        exact `SegMetrics` over a loader with a prediction procedure (max, T, rankdice)
 rng_state       the RNG states a checkpoint carries (plain tensors: loads with weights_only)
 """
@@ -21,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -317,19 +319,51 @@ def train_steps(
     return stats
 
 
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
+    """What continues a training exactly: weights, optimizer state, iteration, RNG states."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "rng": rng_state(),
+    }
+
+
+def load_training_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load a `training_state` into model and optimizer, restore the RNG states; its iteration."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state["iteration"]
+
+
 def fit(
     model: nn.Module,
     loss_fn: Callable,
     train_set: torch.utils.data.Dataset,
     cfg: FitConfig,
     device: str | torch.device = "cpu",
+    stop: int | None = None,
+    resume_from: str | Path | None = None,
+    save_to: str | Path | None = None,
 ) -> TrainStats:
-    """Train `model` (in place) from scratch for cfg.iterations steps on `train_set` (a proxy
-    trial; retrain/train.py runs the same steps between evaluations and checkpoints)."""
+    """Train `model` (in place) on `train_set` up to iteration `stop` (default cfg.iterations)
+    of the cfg.iterations schedule: from scratch, or from the `training_state` file
+    `resume_from`; the state at `stop` goes to `save_to`. Training to k, saving and going on
+    from there gives the very model of training straight through (a successive-halving rung of
+    the search continues that way; retrain/train.py runs the same steps with evaluations)."""
     device = torch.device(device)
     net, optimizer = setup_training(model, cfg, device)
-    batches = train_batches(train_set, cfg, device)
-    return train_steps(net, optimizer, loss_fn, batches, cfg, device, 0, cfg.iterations)
+    start = 0
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=device, weights_only=True)
+        start = load_training_state(state, model, optimizer)
+    stop = cfg.iterations if stop is None else stop
+    batches = train_batches(train_set, cfg, device, start)
+    stats = train_steps(net, optimizer, loss_fn, batches, cfg, device, start, stop)
+    if save_to is not None:
+        torch.save(training_state(model, optimizer, stop), save_to)
+    return stats
 
 
 def predict(logits: torch.Tensor, procedure: str = "max") -> torch.Tensor:

@@ -385,3 +385,145 @@ def test_gpu_trials_share_the_cores_and_cpu_trials_get_one_each(tmp_path):
     resources, concurrent = trial_resources(cfg, 0, {"CPU": 2.0, "GPU": 1.0})
     assert resources["cpu"] == 1  # never fewer than one
     assert trial_resources(cfg, 0, {"CPU": 6.0}) == ({"cpu": 1}, 6)
+
+
+# --- successive halving -----------------------------------------------------------------------
+
+
+def halving_config(tmp_path, **overrides):
+    settings = {"ppo.samples": "8", "search.rungs": "3", "search.reduction": "2"}
+    return tiny_config(tmp_path, **(settings | overrides))
+
+
+def rung_result(config, fail=()):
+    """toy_result plus what more iterations bring: every sample gains the same 0.1 per budget."""
+    if (config["step"], config["sample"], config["rung"]) in fail:
+        return {"status": "failed", "reason": "boom"}
+    result = toy_result(raw_of(config))
+    result["miou"] += 0.1 * config["iterations"] / 300
+    return result
+
+
+def test_successive_halving_continues_the_best_and_the_mean_from_their_checkpoints(tmp_path):
+    cfg = halving_config(tmp_path)
+    searcher = tune_searcher(cfg, tmp_path)
+    updates = []
+    update = searcher.controller.update
+    searcher.controller.update = lambda raws, rewards: (
+        updates.append(rewards) or update(raws, rewards)
+    )
+    suggested = drive(searcher, results=rung_result, limit=200)
+    step1 = [c for c in suggested if c["phase"] == "search" and c["step"] == 1]
+    rungs = [[c for c in step1 if c["rung"] == k] for k in range(3)]
+    assert [c["iterations"] for c in step1[:1] + rungs[1][:1] + rungs[2][:1]] == [75, 150, 300]
+    assert len(rungs[0]) == 8 and all(c["resume"] == "" and c["start"] == 0 for c in rungs[0])
+    by_first = sorted(rungs[0], key=lambda c: -raw_of(c)[0])  # toy reward ranks by raw[0]
+    best4 = {c["sample"] for c in by_first[:4]}
+    assert {c["sample"] for c in rungs[1]} == best4 | {0}  # and the mean, always
+    best2 = sorted(rungs[1], key=lambda c: -raw_of(c)[0])[:2]
+    assert {c["sample"] for c in rungs[2]} == {c["sample"] for c in best2} | {0}
+    rows = [r for r in read_csv(tmp_path / "trials.csv") if r["phase"] == "search"]
+    ids = {(r["step"], r["sample"], r["rung"]): r["trial_id"] for r in rows}
+    for c in rungs[1] + rungs[2]:  # continued from the checkpoint of the sample's last trial
+        previous = ids["1", str(c["sample"]), str(c["rung"] - 1)]
+        expected = tmp_path / "tune" / f"trial_{previous}" / "checkpoint_000000" / "model.pth"
+        assert c["resume"] == str(expected) and c["start"] == {1: 75, 2: 150}[c["rung"]]
+
+    step_rows = [r for r in rows if r["step"] == "1"]
+    trained = sum(c["iterations"] - c["start"] for c in step1)
+    assert sum(int(r["trained"]) for r in step_rows) == trained
+    assert trained == 8 * 75 + len(rungs[1]) * 75 + len(rungs[2]) * 150
+    base = {k: rung_result(c)["miou"] for c in step1 if c["sample"] == 0 for k in [c["rung"]]}
+    for r in step_rows:  # used: the reward's advantage at its rung over the mean's, shifted
+        last = max(int(q["rung"]) for q in step_rows if q["sample"] == r["sample"])
+        if int(r["rung"]) == last:
+            expected = float(r["reward"]) - base[last] + base[2]
+            assert float(r["reward_used"]) == pytest.approx(expected, abs=1e-12)
+        else:
+            assert r["reward_used"] == ""
+    assert updates[0] == pytest.approx(
+        [float(r["reward_used"]) for r in step_rows if r["reward_used"] != ""]
+    )
+    policy = read_csv(tmp_path / "policy.csv")
+    assert int(policy[0]["iterations"]) == trained
+    assert float(policy[0]["rung_tau"]) == 1.0  # the toy ranking never changes with budget
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    confirm = [c for c in suggested if c["phase"] == "confirm"]
+    assert all(c["iterations"] == 300 and c["start"] == 0 for c in confirm)
+    assert summary["iterations"] == sum(
+        int(r["trained"]) for r in read_csv(tmp_path / "trials.csv")
+    )
+    full = {
+        tuple(raw_of(c)) for c in step1 + suggested if c["phase"] == "search" and c["rung"] == 2
+    }
+    top = [c for c in confirm if c["candidate"].startswith("step")]
+    assert top and all(tuple(raw_of(c)) in full for c in top)  # only full-budget samples
+
+
+def test_a_trial_that_fails_at_a_rung_stops_there_and_counts_with_that_rungs_worst(tmp_path):
+    cfg = halving_config(tmp_path)
+    searcher = tune_searcher(cfg, tmp_path)
+    first = [searcher.suggest(f"a{i}") for i in range(8)]
+    assert searcher.suggest("a9") is None
+    for i, config in enumerate(first):
+        searcher.on_trial_complete(f"a{i}", rung_result(config))
+    second = [searcher.suggest(f"b{i}") for i in range(5)]
+    failing = next(c for c in second if c["sample"] != 0)
+    fail = {(1, failing["sample"], 1)}
+    for i, config in enumerate(second):
+        searcher.on_trial_complete(f"b{i}", rung_result(config, fail))
+    third = []
+    while (config := searcher.suggest(f"c{len(third)}")) is not None:
+        third.append(config)
+    assert failing["sample"] not in {c["sample"] for c in third} and len(third) == 3
+    for i, config in enumerate(third):
+        searcher.on_trial_complete(f"c{i}", rung_result(config))
+    rows = read_csv(tmp_path / "trials.csv")
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert (failed["sample"], failed["rung"]) == (str(failing["sample"]), "1")
+    rung1_ok = [float(r["reward"]) for r in rows if r["rung"] == "1" and r["status"] == "ok"]
+    mean = {int(r["rung"]): float(r["reward"]) for r in rows if r["sample"] == "0"}
+    expected = min(rung1_ok) - mean[1] + mean[2]
+    assert float(failed["reward_used"]) == pytest.approx(expected, abs=1e-12)
+    assert read_csv(tmp_path / "policy.csv")[0]["failed"] == "1"
+
+
+def test_rung_tau_is_kendalls_tau_of_the_first_and_last_rung_rewards():
+    from search.steps import rung_tau
+
+    def row(sample, rung, reward, status="ok"):
+        return {"sample": sample, "rung": rung, "reward": reward, "status": status}
+
+    rows = [row(0, 0, 0.1), row(1, 0, 0.2), row(2, 0, 0.3), row(3, 0, 0.9), row(4, 0, 0.0)]
+    rows += [row(0, 1, 0.15), row(1, 1, 0.35), row(2, 1, 0.25), row(3, 1, 0.1, "failed")]
+    # samples 0, 1, 2 reached the last rung: pairs (0,1) and (0,2) concordant, (1,2) discordant
+    assert rung_tau(rows) == pytest.approx((2 - 1) / 3)
+    assert math.isnan(rung_tau(rows[:5]))  # one rung: nothing was pruned
+    assert math.isnan(rung_tau(rows[:6]))  # one sample at the last rung
+
+
+def test_halving_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="search.reduction must be >= 2"):
+        halving_config(tmp_path, **{"search.reduction": "1"})
+    with pytest.raises(ConfigError, match="leaves the first rung less than 1"):
+        halving_config(tmp_path, **{"search.rungs": "12"})
+
+
+def test_a_continued_rung_ends_with_the_model_of_a_straight_training(tmp_path):
+    """Train to iteration 4 of 8 and save, go on from the checkpoint: the very metrics of
+    training all 8 iterations at once (the schedule is the full budget's at every rung)."""
+    from search.trial import run_trial
+
+    tiny = {
+        "proxy.fit.iterations": "8", "proxy.fit.batch_size": "4", "proxy.crop_size": "24",
+        "data.params": "{size: 32, train: 24, holdout: 12, val: 4, test: 4}",
+    }  # fmt: skip
+    cfg = tiny_config(tmp_path, **tiny)
+    raw, checkpoint = initial_raw("miou"), tmp_path / "rung.pth"
+    straight = run_trial(cfg, raw, seed=3)
+    half = run_trial(cfg, raw, seed=3, stop=4, save_to=checkpoint)
+    continued = run_trial(cfg, raw, seed=3, stop=8, resume_from=checkpoint)
+    assert straight["status"] == half["status"] == continued["status"] == "ok"
+    for key in ("miou", "macc", "gacc", "bf1"):
+        assert continued[key] == straight[key]
+    assert half["miou"] != straight["miou"]
