@@ -112,31 +112,69 @@ def test_resume_after_ctrl_c_ends_with_the_same_policy(controller, finished, tmp
         done = search(args, tmp_path / "reference", data_root)
         assert done.returncode == 0, done.stdout + done.stderr
         reference = the_run(tmp_path / "reference")
-    folder = tmp_path / "interrupted"
-    folder.mkdir()
-    child = search(args, folder, data_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    policy = None
-    while time.time() < deadline and child.poll() is None:
-        runs = list(folder.iterdir())
-        policy = runs[0] / "policy.csv" if runs else None
-        if policy and policy.is_file():
-            break
-        time.sleep(0.2)
-    assert policy is not None and policy.is_file(), "the first step never finished"
-    child.send_signal(signal.SIGINT)  # Ctrl-C after the first policy update
-    output, _ = child.communicate(timeout=300)
-    assert child.returncode == 130, output
-    run_dir = the_run(folder)
-    assert f"--resume {run_dir}" in output and not (run_dir / "summary.json").exists()
-
-    resumed = search(["--resume", str(run_dir)], folder, data_root)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run_dir = interrupt_and_resume(args, tmp_path, data_root, "policy.csv")
     assert read_csv(run_dir / "policy.csv") == read_csv(reference / "policy.csv")
     ours = json.loads((run_dir / "summary.json").read_text())
     theirs = json.loads((reference / "summary.json").read_text())
     assert ours["theta"] == theirs["theta"] and ours["reward"] == theirs["reward"]
     assert len(read_csv(run_dir / "trials.csv")) == TOTAL_TRIALS
+
+
+def interrupt_and_resume(args, tmp_path, data_root, written: str) -> Path:
+    """Ctrl-C a search as soon as its run folder has a path matching `written`, then
+    --resume it; the resumed run's folder."""
+    folder = tmp_path / "interrupted"
+    folder.mkdir()
+    child = search(args, folder, data_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    found = []
+    while time.time() < deadline and child.poll() is None and not found:
+        runs = list(folder.iterdir())
+        found = list(runs[0].glob(written)) if runs else []
+        time.sleep(0.2)
+    assert found, f"{written} never appeared"
+    child.send_signal(signal.SIGINT)
+    output, _ = child.communicate(timeout=300)
+    assert child.returncode == 130, output
+    run_dir = the_run(folder)
+    assert f"--resume {run_dir}" in output and not (run_dir / "summary.json").exists()
+    resumed = search(["--resume", str(run_dir)], folder, data_root)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return run_dir
+
+
+def test_successive_halving_resumes_rungs_from_checkpoints_and_after_ctrl_c(finished, tmp_path):
+    """Two rungs: every sample trains 4 of 8 iterations, the best 2 and the mean continue from
+    Tune's checkpoints to 8. Ctrl-C once the first rung's checkpoints exist: the resumed search
+    ends exactly as an uninterrupted one, and spent checkpoints are removed."""
+    data_root = finished[2] / "data"
+    args = ["miou", *NO_FAULTS, "ppo.samples=4", "search.rungs=2", "ray.dashboard=false"]
+    done = search(args, tmp_path / "reference", data_root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reference = the_run(tmp_path / "reference")
+    assert "rung 2/2" in done.stdout
+    trials = read_csv(reference / "trials.csv")
+    continued = [t for t in trials if t["rung"] == "1" and t["phase"] == "search"]
+    assert len(continued) >= 2 * 2 and all(t["trained"] == "4" for t in continued)
+    assert all(t["status"] == "ok" for t in trials)
+    for t in continued:  # each started from the checkpoint its first-rung trial reported
+        params = json.loads(
+            (reference / "tune" / f"trial_{t['trial_id']}" / "params.json").read_text()
+        )
+        first = next(
+            f
+            for f in trials
+            if (f["step"], f["sample"], f["rung"]) == (t["step"], t["sample"], "0")
+        )
+        assert params["resume"].endswith(f"trial_{first['trial_id']}/checkpoint_000000/model.pth")
+    assert not list((reference / "tune").glob("trial_*/checkpoint_*"))  # spent: removed
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["iterations"] == sum(int(t["trained"]) for t in trials)
+
+    run_dir = interrupt_and_resume(args, tmp_path, data_root, "tune/trial_*/checkpoint_000000")
+    assert read_csv(run_dir / "policy.csv") == read_csv(reference / "policy.csv")
+    ours = json.loads((run_dir / "summary.json").read_text())
+    assert ours["reward"] == summary["reward"] and ours["raw"] == summary["raw"]
 
 
 def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
