@@ -38,6 +38,9 @@ def bezier_curve(control: list[float], samples: int = 101) -> tuple[np.ndarray, 
 def plot_rewards(run: SearchRun) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     trials = run.trials[run.trials.phase == "search"]
+    if "iterations" in trials:  # successive halving: each sample once, as the update used it
+        last = trials.reward_used.notna() | (trials.iterations == trials.iterations.max())
+        trials = trials[last].assign(reward=trials.reward_used.fillna(trials.reward))
     ok, failed = trials[trials.status == "ok"], trials[trials.status != "ok"]
     ax.scatter(ok.step, 100 * ok.reward, s=14, alpha=0.5, color="tab:blue", label="samples")
     if not failed.empty:

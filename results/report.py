@@ -38,14 +38,22 @@ def search_report(path: Path) -> str:
         lines.append(
             f"\nBest: **{s['best']}**, {run.metric} {100 * s['reward']:.2f} over {s['seeds']} "
             f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}; exported "
-            f"`{Path(s['export']).name}`."
+            f"`{Path(s['export']).name}`; {s.get('iterations', '?')} proxy training iterations."
         )
     figures = [_save(plots.plot_rewards(run), path / "plots" / "rewards.png")]
     if not run.policy.empty:
         figures.append(_save(plots.plot_curves(run), path / "plots" / "curves.png"))
         figures.append(_save(plots.plot_parameters(run), path / "plots" / "parameters.png"))
-        table = run.policy[["step", "reward_mean", "reward_std", "reward_max", "best_so_far"]]
-        lines += ["", "## Steps", "", (table.set_index("step") * 100).round(2).to_markdown()]
+        policy = run.policy.set_index("step")
+        table = (policy[["reward_mean", "reward_std", "reward_max", "best_so_far"]] * 100).round(2)
+        if "rung_tau" in policy and policy.rung_tau.notna().any():
+            # successive halving: did the first rung rank the samples as the full budget did?
+            table["rung_tau"] = policy.rung_tau.round(2)
+        if "iterations" in policy:
+            table["iterations"] = policy.iterations
+        lines += ["", "## Steps", "", table.to_markdown()]
+    if "iterations" in trials:  # successive halving: lower rungs score fewer iterations
+        trials = trials[trials.iterations == trials.iterations.max()]
     top = trials[trials.status == "ok"].nlargest(5, "reward").fillna({"candidate": ""})
     columns = ["phase", "step", "sample", "candidate", "seed", "reward", *METRICS]
     lines += ["", "## Top trials (%)", "", _percent(top[columns]).to_markdown(index=False)]

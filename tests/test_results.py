@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_searcher import drive, tiny_config, toy_result, tune_searcher
+from test_searcher import drive, rung_result, tiny_config, toy_result, tune_searcher
 
 from experiments.config import to_yaml
 from results import compare, load_retrain, load_search, plots
@@ -27,7 +27,9 @@ def runs(tmp_path_factory):
     for path in (finished, partial):
         path.mkdir()
         (path / "config.yaml").write_text(to_yaml(tiny_config(root)))
-    drive(tune_searcher(tiny_config(root), finished))
+    halving = tiny_config(root, **{"search.rungs": "2"})  # with successive halving
+    (finished / "config.yaml").write_text(to_yaml(halving))
+    drive(tune_searcher(halving, finished), results=rung_result)
     searcher = tune_searcher(tiny_config(root), partial)
     for i in range(6):  # step 1 and two trials of step 2
         config = searcher.suggest(f"t{i}")
@@ -52,7 +54,9 @@ def test_load_a_finished_and_a_partial_search(runs):
     done = load_search(runs["finished"])
     assert done.finished and done.metric == "miou" and done.failed is None
     assert list(done.policy.step) == [1, 2]
-    assert len(done.trials) == 2 * 4 + len(done.candidates()) * 2
+    search = done.trials[done.trials.phase == "search"]
+    assert len(search[search.rung == 0]) == 2 * 4 and len(search[search.rung == 1]) >= 2 * 2
+    assert len(done.trials) == len(search) + len(done.candidates()) * 2
     assert done.candidates().reward_mean.iloc[0] == pytest.approx(done.summary["reward"])
 
     partial = load_search(runs["partial"])
@@ -97,6 +101,7 @@ def test_report_command_writes_pngs_and_markdown(runs):
     assert done.returncode == 0, done.stderr
     assert "# miou search search-finished (finished)" in done.stdout
     assert "(running)" in done.stdout and "## CE vs searched" in done.stdout
+    assert "proxy training iterations" in done.stdout and "rung_tau" in done.stdout
     expected = {
         "finished": ["rewards", "curves", "parameters"],
         "partial": ["rewards", "curves", "parameters"],
