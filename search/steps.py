@@ -357,22 +357,28 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
     }
 
 
-def export(run_dir: Path, summary: dict, cfg: Config) -> None:
-    """<metric>_bezier.yaml (a retrain file: the loss and its dataset) and summary.json."""
-    search = cfg.search
-    path = Path(run_dir) / f"{search.metric}_bezier.yaml"
+def loss_section(search: SearchConfig, raw: list[float]) -> dict:
+    """The `loss:` mapping of a retrain file for the loss of a raw vector."""
     loss = {
         "name": "surrogate",
         "metric": search.metric,
-        "theta": [round(v, 8) for v in summary["theta"]],
+        "theta": [round(v, 8) for v in to_theta(search.metric, raw)],
         "tolerance": search.tolerance,
         "drop_background": search.drop_background,
         "region_weight": search.region_weight,
     }
-    if summary["ce_weight"] > 0:
-        loss["ce_weight"] = round(summary["ce_weight"], 8)
-    if summary["loss"] == "ce":  # no searched loss beat it: retrain with CE, and say so
-        loss = {"name": "ce"}
+    weight = ce_weight(search.ce_mix, search.metric, raw)
+    if weight > 0:
+        loss["ce_weight"] = round(weight, 8)
+    return loss
+
+
+def export(run_dir: Path, summary: dict, cfg: Config) -> None:
+    """<metric>_bezier.yaml (a retrain file: the loss and its dataset) and summary.json."""
+    search = cfg.search
+    path = Path(run_dir) / f"{search.metric}_bezier.yaml"
+    # when no searched loss beat cross-entropy: retrain with CE, and say so
+    loss = {"name": "ce"} if summary["loss"] == "ce" else loss_section(search, summary["raw"])
     doc = {
         "loss": loss,
         "data": {"name": cfg.data.name, "params": dict(cfg.data.params)},

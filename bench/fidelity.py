@@ -1,0 +1,172 @@
+"""Proxy fidelity: does the proxy's ranking of losses hold at the retrain budget?
+
+For a finished search: `--losses` (default 8) of its searched losses spread over its reward range
+(the full-budget search trials with distinct raw vectors, taken at evenly spaced reward ranks,
+the lowest and the highest included), plus cross-entropy, each retrained once with the retrain
+settings of the search's dataset (`./launch.sh retrain`, the profile's `retrain:` section).
+Every proxy reward is the one at the search's seed (CE gets one proxy trial at that seed, as
+the searched losses had). Prints Kendall's tau and Spearman's rho between the proxy reward and
+the retrained metric, and writes fidelity.csv and the scatter plot fidelity.png under --work.
+A low correlation says the proxy ranks losses differently from a full training: trust its
+winners less, or make the proxy longer.
+
+The retrains live in fixed folders under --work (default: RUN_DIR/fidelity): a rerun skips the
+finished ones and resumes interrupted ones; --table-only reports what has finished.
+
+Run: ./launch.sh bench fidelity RUN_DIR [--losses 8] [--seed 0] [--work DIR] [--table-only]
+                                 [key=value ...]   (retrain overrides: retrain.fit.iterations=...)
+"""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import scipy.stats
+import yaml
+from quality import finished_run, launch  # bench/quality.py: the same resumable runs
+
+import data  # noqa: F401  (first: the torchvision compatibility import)
+from experiments.config import fail
+from search import config as configs
+from search.space import initial_raw, raw_keys
+from search.steps import loss_section
+from search.trial import run_trial
+
+
+def pick_losses(trials: list[dict], count: int, full_iterations: int) -> list[dict]:
+    """`count` rows of trials.csv spread over the reward range: the successful search trials
+    trained to the full budget, one per raw vector, at evenly spaced ranks of their reward."""
+    rows, seen = [], set()
+    for row in sorted(trials, key=lambda r: float(r["reward"] or "nan")):
+        full = int(row.get("iterations") or full_iterations) == full_iterations
+        raw = tuple(row[key] for key in row if key.startswith("raw_"))
+        if row["phase"] == "search" and row["status"] == "ok" and full and raw not in seen:
+            rows.append(row)
+            seen.add(raw)
+    if len(rows) <= count:
+        return rows
+    ranks = sorted({round(i * (len(rows) - 1) / (count - 1)) for i in range(count)})
+    return [rows[i] for i in ranks]
+
+
+def correlations(proxy: list[float], retrained: list[float]) -> tuple[float, float]:
+    """(Kendall's tau-b, Spearman's rho) of the two rankings."""
+    tau = scipy.stats.kendalltau(proxy, retrained).statistic
+    rho = scipy.stats.spearmanr(proxy, retrained).statistic
+    return float(tau), float(rho)
+
+
+def ce_proxy_reward(cfg: configs.Config, work: Path, run: bool) -> float | None:
+    """Cross-entropy's proxy reward at the search seed: one proxy trial, kept in --work."""
+    path = work / "ce-proxy.json"
+    if not path.is_file() and not run:
+        return None
+    if not path.is_file():
+        print("[fidelity] a cross-entropy proxy trial at the search seed", flush=True)
+        raw = initial_raw(cfg.search.metric, cfg.search.ce_mix)  # unused by CE
+        result = run_trial(cfg, raw, cfg.search.seed, loss="ce")
+        if result["status"] != "ok":
+            raise RuntimeError(f"the cross-entropy proxy trial failed: {result['reason']}")
+        path.write_text(json.dumps(result))
+    return json.loads(path.read_text())[cfg.search.metric]
+
+
+def retrain(name: str, loss: dict, cfg: configs.Config, args: argparse.Namespace) -> dict | None:
+    """final.json of the retrain of `loss`, run or resumed here unless --table-only."""
+    work = Path(args.work)
+    folder = work / name
+    done = finished_run(folder, "final.json")
+    if done is None and not args.table_only:
+        started = list(folder.glob("*/checkpoints"))
+        if started:
+            launch("retrain", "--resume", str(started[0].parent))
+        else:
+            file = work / f"{name}.yaml"
+            data = {"name": cfg.data.name, "params": dict(cfg.data.params)}
+            file.write_text(yaml.safe_dump({"loss": loss, "data": data}, sort_keys=False))
+            launch(
+                "retrain", str(file), f"data.root={cfg.data.root}",
+                f"retrain.fit.seed={args.seed}", *args.overrides, f"--results={folder}",
+            )  # fmt: skip
+        done = finished_run(folder, "final.json")
+    return json.loads((done / "final.json").read_text()) if done else None
+
+
+def scatter(rows: list[dict], metric: str, tau: float, rho: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        ce = row["loss"] == "cross-entropy"
+        x, y = 100 * row["proxy"], 100 * row["retrained"]
+        ax.scatter(x, y, color="tab:red" if ce else "tab:blue", marker="s" if ce else "o")
+        ax.annotate(row["loss"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(
+        title=f"proxy vs retrain, {metric}: Kendall tau {tau:.2f}, Spearman rho {rho:.2f}",
+        xlabel=f"proxy reward, {metric} (%)",
+        ylabel=f"retrained {metric} (%)",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="a finished search run folder")
+    parser.add_argument("--losses", type=int, default=8, help="searched losses to retrain")
+    parser.add_argument("--seed", type=int, default=0, help="the retrains' seed")
+    parser.add_argument("--work", help="where the retrains go (default RUN_DIR/fidelity)")
+    parser.add_argument("--table-only", action="store_true", help="report what has finished")
+    parser.add_argument("overrides", nargs="*", help="key=value for every retrain")
+    parser.error = fail  # one line, exit 2
+    args = parser.parse_intermixed_args()
+    run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "trials.csv").is_file():
+        fail(f"{run_dir} is not a finished search run folder (no summary.json and trials.csv)")
+    if args.losses < 2:
+        fail(f"--losses must be >= 2 (a rank correlation needs two), got {args.losses}")
+    cfg = configs.load(run_dir / "config.yaml")
+    metric = cfg.search.metric
+    work = Path(args.work or run_dir / "fidelity").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = str(work)
+    with open(run_dir / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    picked = pick_losses(trials, args.losses, cfg.proxy.fit.iterations)
+    rows = []
+    for row in picked:
+        name = f"step{row['step']}-sample{row['sample']}"
+        raw = [float(row[key]) for key in raw_keys(sum(k.startswith("raw_") for k in row))]
+        final = retrain(name, loss_section(cfg.search, raw), cfg, args)
+        if final:
+            rows.append({"loss": name, "proxy": float(row["reward"]), "retrained": final[metric]})
+    final = retrain("cross-entropy", {"name": "ce"}, cfg, args)
+    proxy = ce_proxy_reward(cfg, work, run=not args.table_only)
+    if final and proxy is not None:
+        rows.append({"loss": "cross-entropy", "proxy": proxy, "retrained": final[metric]})
+    with open(work / "fidelity.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["loss", "proxy", "retrained"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"| loss | proxy {metric} | retrained {metric} |\n|---|---:|---:|")
+    for row in sorted(rows, key=lambda r: r["proxy"]):
+        print(f"| {row['loss']} | {100 * row['proxy']:.2f} | {100 * row['retrained']:.2f} |")
+    if len(rows) < 2:
+        print(f"[fidelity] {len(rows)} finished retrain(s): no correlation yet")
+        return 0
+    tau, rho = correlations([r["proxy"] for r in rows], [r["retrained"] for r in rows])
+    scatter(rows, metric, tau, rho, work / "fidelity.png")
+    print(
+        f"\n{metric}, {len(rows)} losses of {run_dir.name}: Kendall tau {tau:.2f}, "
+        f"Spearman rho {rho:.2f} (proxy reward vs retrained {metric}); {work / 'fidelity.png'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
