@@ -261,7 +261,7 @@ RANGES = {
     **dict.fromkeys(
         ["iterations", "batch_size", "lr", "head_lr_mult", "crop_size", "eval_crop",
          "eval_batch_size", "scale", "eval_scale", "ratio_range", "steps", "sigma", "epochs",
-         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size", "rungs"],
+         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size", "rungs", "target_kl"],
         _POSITIVE,
     ),
     **dict.fromkeys(

@@ -100,16 +100,16 @@ def propose_step(state: SearchState, controller, cfg: Config) -> None:
 
 def promote(state: SearchState, cfg: Config) -> None:
     """Successive halving: the best ceil(n / reduction) of the n samples the rung was planned
-    for (see rung_sizes), and sample 0,
-    continue to the next rung from their checkpoints (same seed, same schedule: exactly the
-    model a straight training would reach). Sample 0, the policy mean, always continues: it
-    is the baseline each sample's advantage is measured against at the sample's last rung."""
+    for (rung_sizes) continue to the next rung from their checkpoints (same seed, same
+    schedule: exactly the model a straight training would reach). Sample 0, the policy mean,
+    always continues: it is the baseline each sample's advantage is measured against at the
+    sample's last rung (close_step)."""
     rows = _round_records(state)
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -r["reward"])
     if not ok:
         raise SearchFailed(f"every trial of step {state.step} rung {state.rung} failed")
     keep = ok[: rung_sizes(cfg)[state.rung + 1]]
-    keep += [r for r in ok if r["sample"] == 0 and r not in keep]
+    keep += [r for r in ok[len(keep) :] if r["sample"] == 0]
     state.rung += 1
     state.queue = [
         {
