@@ -77,6 +77,39 @@ def test_update_respects_the_clip():
     assert _ratio_after(1e9) > 1.5  # without the clip the same update goes much further
 
 
+def test_target_kl_shrinks_a_runaway_step_and_leaves_a_small_one_alone():
+    """The mean was the step's best: every advantage is negative, and 60 Adam epochs push the
+    mean far from all samples. With target_kl the step ends on the trust region's edge, in the
+    same direction; an ordinary step inside it is exactly the reference's."""
+    from search.ppo import approximate_kl
+
+    mean = [0.5] * 6
+    generator = torch.Generator().manual_seed(1)
+    draws = truncnorm_sample(
+        torch.full((7, 6), 0.5, dtype=torch.float64), 0.2,
+        torch.rand(7, 6, generator=generator, dtype=torch.float64),
+    )  # fmt: skip
+    samples = torch.cat([torch.tensor([mean], dtype=torch.float64), draws])
+    worse = torch.tensor([0.0, -0.02, -0.05, -0.01, -0.03, -0.04, -0.02, -0.06])
+
+    def update(target_kl, rewards):
+        mu_x = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.Adam([mu_x], lr=0.2)
+        ppo_update(mu_x, optimizer, samples, rewards, 0.2, 0.2, 60, target_kl)
+        old = truncnorm_log_prob(samples, torch.full((6,), 0.5, dtype=torch.float64), 0.2)
+        new = truncnorm_log_prob(samples, torch.sigmoid(mu_x.detach()), 0.2)
+        return mu_x.detach(), float(approximate_kl(samples, old, new))
+
+    free, free_kl = update(None, worse)
+    bounded, bounded_kl = update(1.0, worse)
+    assert free_kl > 2 and bounded_kl == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(bounded / bounded.norm(), free / free.norm())  # same direction
+    assert bounded.norm() < free.norm()
+    better = torch.tensor([0.0, 0.002, -0.001, 0.001, 0.0, -0.002, 0.001, 0.0])
+    small, small_kl = update(None, better)
+    assert small_kl < 1.0 and torch.equal(update(1.0, better)[0], small)
+
+
 def test_mean_sample_has_zero_advantage_and_equal_rewards_do_not_move_the_mean():
     controller = PPOController([0.3, 0.6], PPOConfig(samples=5), seed=0)
     samples = controller.propose()
