@@ -335,7 +335,8 @@ def configs(root: Path, dry: bool, iterations: int, extra: list[str]) -> tuple:
     # the GPU machines have no internet: no ImageNet weights
     proxy = DRY_PROXY if dry else {"proxy.model_args.pretrained_backbone": "none"}
     retrain = dataset | (DRY_RETRAIN if dry else {"retrain.model_args.pretrained_backbone": "none"})
-    overrides = dataset | {"proxy.fit.iterations": str(iterations)} | proxy | parse_overrides(extra)
+    budget = {"proxy.fit.iterations": str(iterations), "search.rungs": "1"}  # full-budget trials
+    overrides = dataset | budget | proxy | parse_overrides(extra)
     settings = resolve_retrain(find_file("miou_bezier"), retrain).retrain
     return overrides, resolve_search("miou", overrides), settings
 

@@ -26,7 +26,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT = ["ppo.steps=2", "ppo.samples=8", "search.confirm_seeds=1", "ray.dashboard=false"]
+# one rung: every trial the same length, as measured before successive halving became default
+DEFAULT = [
+    "ppo.steps=2", "ppo.samples=8", "search.confirm_seeds=1", "search.rungs=1",
+    "ray.dashboard=false",
+]  # fmt: skip
 
 
 def analyse(run_dir: Path, command_seconds: float | None, slots: int) -> None:

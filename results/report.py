@@ -35,10 +35,11 @@ def search_report(path: Path) -> str:
     )
     if run.finished:
         s = run.summary
+        versus = ", ".join(f"{k} {100 * v:.2f}" for k, v in s.get("baselines", {}).items())
         lines.append(
             f"\nBest: **{s['best']}**, {run.metric} {100 * s['reward']:.2f} over {s['seeds']} "
-            f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}; exported "
-            f"`{Path(s['export']).name}`; {s.get('iterations', '?')} proxy training iterations."
+            f"seed(s) vs {versus or 'no baseline'}; exported `{Path(s['export']).name}`; "
+            f"{s.get('iterations', '?')} proxy training iterations."
         )
     figures = [_save(plots.plot_rewards(run), path / "plots" / "rewards.png")]
     if not run.policy.empty:

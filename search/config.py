@@ -79,10 +79,12 @@ class SearchConfig:
     # successive halving inside each step: rung 1 trains every sample for iterations /
     # reduction^(rungs - 1), each later rung continues the best 1/reduction (and the policy
     # mean) from their checkpoints, reduction times longer; the last rung is the full budget
-    rungs: int = 1
-    reduction: int = 2
-    confirm_top_k: int = 3  # confirmation round: the final mean + the k best samples ...
+    # (rungs 1 = every sample trains the full budget, the reference)
+    rungs: int = 3
+    reduction: int = 3
+    confirm_top_k: int = 1  # confirmation round: the final mean + the k best samples ...
     confirm_seeds: int = 2  # ... each trained with this many new seeds
+    confirm_identity: bool = False  # ... and the identity curve (the plain soft metric)
     # cross-entropy and the metric's published preset (asl-voc-<metric>) are candidates too:
     # the export is never worse on the proxy than the loss a user would have used anyway
     confirm_baselines: bool = True

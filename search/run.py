@@ -133,11 +133,12 @@ def report(run_dir: Path) -> int:
     s = json.loads(summary_path.read_text())
     minutes = s["seconds"] / 60
     print(f"[search] done: {s['trials']} trials ({s['failed']} failed) in {minutes:.1f} min")
+    versus = ", ".join(f"{name} {100 * value:.2f}" for name, value in s["baselines"].items())
     print(
         f"[search] best: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
-        f"seed(s) vs identity curve {100 * s['identity_reward']:.2f}, "
-        f"cross-entropy {100 * s['ce_reward']:.2f}"
+        f"seed(s) vs {versus or 'no baseline'}"
     )
+    print(f"[search] {s['iterations']} proxy training iterations")
     if s["loss"] == "ce":
         print("[search] no searched loss beat cross-entropy: the export retrains with CE")
     else:

@@ -6,7 +6,7 @@
         promote             successive halving (search.rungs > 1): the best 1/reduction of a
                             rung, and the policy mean, continue from their checkpoints
         close_step          the step's rewards -> the controller's update, a policy.csv row
-    open_confirmation       the final mean, the top-k samples and the identity, new seeds each
+    open_confirmation       the final mean, the top-k samples, the baselines, new seeds each
     record_result           ... the confirmation trials
     pick_best -> export     the best confirmed candidate -> <metric>_bezier.yaml, summary.json
 
@@ -253,8 +253,9 @@ def _full_budget(record: dict, cfg: Config) -> bool:
 
 
 def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
-    """The final mean, the top-k distinct samples, the identity and (search.confirm_baselines)
-    the metric's published preset and cross-entropy, each with the same new seeds."""
+    """The final mean, the top-k distinct samples, (search.confirm_identity) the identity curve
+    and (search.confirm_baselines) the metric's published preset and cross-entropy, each with
+    the same new seeds."""
     searched = sorted(
         (
             r
@@ -270,7 +271,7 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             break
         if all(r["raw"] != raw for _, raw in [*candidates, identity]):
             candidates.append((f"step {r['step']} sample {r['sample']}", r["raw"]))
-    if all(identity[1] != raw for _, raw in candidates):
+    if cfg.search.confirm_identity and all(identity[1] != raw for _, raw in candidates):
         candidates.append(identity)
     losses = ["surrogate"] * len(candidates)
     if cfg.search.confirm_baselines:
@@ -335,9 +336,12 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         raise SearchFailed("every trial of the confirmation round failed; nothing to export")
     best = max(scores, key=lambda name: scores[name][0])
     reward, raw, seeds = scores[best]
-    identity = initial_raw(
-        metric, cfg.search.ce_mix
-    )  # the final mean may be it, when no update moved it
+    identity = initial_raw(metric, cfg.search.ce_mix)  # the final mean may be it
+    baselines = {  # what the summary line compares the best with
+        name: score[0]
+        for name, score in scores.items()
+        if name in ("identity", CROSS_ENTROPY) or name.startswith("preset")
+    }
     return {
         "metric": metric,
         "best": best,
@@ -351,6 +355,7 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         "ce_weight": ce_weight(cfg.search.ce_mix, metric, raw) if raw else 1.0,
         "raw": raw,
         "candidates": {name: score[0] for name, score in scores.items()},
+        "baselines": baselines,
         "trials": len(state.records),
         "iterations": sum(r["trained"] for r in state.records),  # proxy training iterations
         "failed": sum(r["status"] != "ok" for r in state.records),
@@ -436,9 +441,10 @@ def progress_line(state: SearchState, cfg: Config, running: int, elapsed: float)
     closed = len(state.policy_rows)
     search_trials = sum(r["phase"] == "search" and r["step"] <= closed for r in state.records)
     search_trials += (cfg.ppo.steps - closed) * (sum(rung_sizes(cfg)) + cfg.search.rungs - 1)
-    # before the confirmation round opens its size is at most final mean + top-k + identity
-    # (+ preset and cross-entropy)
-    candidates = cfg.search.confirm_top_k + 2 + 2 * cfg.search.confirm_baselines
+    # before the confirmation round opens its size is at most final mean + top-k (+ identity,
+    # preset and cross-entropy)
+    search = cfg.search
+    candidates = 1 + search.confirm_top_k + search.confirm_identity + 2 * search.confirm_baselines
     total = search_trials + (
         state.round_size if state.phase != "search" else candidates * cfg.search.confirm_seeds
     )

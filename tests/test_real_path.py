@@ -39,6 +39,7 @@ def test_a_search_on_a_voc_tree(tmp_path):
         f"proxy.model_args={SMALL_NET}", "proxy.crop_size=64", "proxy.scale=[256, 64]",
         "proxy.eval_scale=[256, 64]", "proxy.eval_crop=64", "proxy.eval_batch_size=4",
         "proxy.fit.iterations=3", "proxy.fit.batch_size=4", "ray.dashboard=false",
+        "search.rungs=1",
     )  # fmt: skip
     assert "[voc] train split: 40 images (aug.txt): 24 with VOC labels" in done.stdout
     (run_dir,) = (tmp_path / "results").iterdir()

@@ -28,6 +28,8 @@ TINY = [
     "search.confirm_seeds=1",
     "search.faults=2:1=raise,2:2=nan,1:2=kill",
     "search.confirm_baselines=false",  # 8-iteration proxies: CE would win (tests/test_searcher)
+    "search.confirm_identity=true",
+    "search.rungs=1",  # successive halving: its own test below
 ]
 TOTAL_TRIALS = 2 * 3 + 3  # steps x samples + (final mean, top-1, identity) x 1 seed
 NO_FAULTS = [word for word in TINY if not word.startswith("search.faults")]
@@ -69,7 +71,7 @@ def test_search_leaves_a_complete_run_folder(finished):
     assert (run_dir / "tune").is_dir()
     assert f"no GPU: trials run on CPU, one thread each, {os.cpu_count()} at a time" in done.stdout
     assert "Ray dashboard: http://127.0.0.1:8265" in done.stdout
-    assert "retrain: ./launch.sh retrain" in done.stdout and "vs identity curve" in done.stdout
+    assert "retrain: ./launch.sh retrain" in done.stdout and "vs identity " in done.stdout
 
     trials = read_csv(run_dir / "trials.csv")
     assert len(trials) == TOTAL_TRIALS and len({t["trial_id"] for t in trials}) == TOTAL_TRIALS

@@ -21,7 +21,10 @@ from search.searcher import StepSearcher, raw_space, trial_resources
 from search.space import initial_raw, raw_of
 from surrogates import SurrogateLoss
 
-TINY = {"ppo.steps": "2", "ppo.samples": "4", "search.confirm_top_k": "2", "search.seed": "5"}
+TINY = {
+    "ppo.steps": "2", "ppo.samples": "4", "search.confirm_top_k": "2", "search.seed": "5",
+    "search.rungs": "1", "search.confirm_identity": "true",  # one full-budget rung
+}  # fmt: skip
 
 
 def tiny_config(tmp_path, metric="miou", **overrides):
