@@ -18,7 +18,7 @@ commands:
   report RUN_DIR [RUN_DIR ...]               plots and a Markdown summary of runs
   test [PYTEST_ARGS...]   run the test suite (what CI runs)
   bench NAME [ARGS...]    run bench/NAME.py (losses, metrics, train_step, search_overhead,
-                          quality, controllers, gpu)
+                          quality, controllers, gpu, fidelity)
   setup                   create or update .venv and exit
 USAGE
 }
