@@ -266,13 +266,13 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
     )
     candidates = [("final mean", controller.mean)]
     identity = ("identity", initial_raw(cfg.search.metric, cfg.search.ce_mix))
+    named = [identity] if cfg.search.confirm_identity else []  # confirmed under its own name
     for r in searched:
         if len(candidates) > cfg.search.confirm_top_k:
             break
-        if all(r["raw"] != raw for _, raw in [*candidates, identity]):
+        if all(r["raw"] != raw for _, raw in [*candidates, *named]):
             candidates.append((f"step {r['step']} sample {r['sample']}", r["raw"]))
-    if cfg.search.confirm_identity and all(identity[1] != raw for _, raw in candidates):
-        candidates.append(identity)
+    candidates += [c for c in named if all(c[1] != raw for _, raw in candidates)]
     losses = ["surrogate"] * len(candidates)
     if cfg.search.confirm_baselines:
         preset = f"asl-voc-{cfg.search.metric}"

@@ -530,3 +530,17 @@ def test_a_continued_rung_ends_with_the_model_of_a_straight_training(tmp_path):
     for key in ("miou", "macc", "gacc", "bf1"):
         assert continued[key] == straight[key]
     assert half["miou"] != straight["miou"]
+
+
+def test_without_the_identity_candidate_the_identity_can_still_win_as_a_sample(tmp_path):
+    cfg = tiny_config(tmp_path, **{"search.confirm_identity": "false", "search.confirm_top_k": "1"})
+
+    def identity_is_best(config):
+        result = toy_result(raw_of(config))
+        if config["phase"] == "search" and (config["step"], config["sample"]) == (1, 0):
+            result["miou"] = 0.99
+        return result
+
+    suggested = drive(tune_searcher(cfg, tmp_path), results=identity_is_best)
+    names = {c["candidate"] for c in suggested if c["phase"] == "confirm"}
+    assert names == {"final mean", "step 1 sample 0", "preset asl-voc-miou", "cross-entropy"}
