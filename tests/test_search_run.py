@@ -150,7 +150,8 @@ def test_successive_halving_resumes_rungs_from_checkpoints_and_after_ctrl_c(fini
     Tune's checkpoints to 8. Ctrl-C once the first rung's checkpoints exist: the resumed search
     ends exactly as an uninterrupted one, and spent checkpoints are removed."""
     data_root = finished[2] / "data"
-    args = ["miou", *NO_FAULTS, "ppo.samples=4", "search.rungs=2", "ray.dashboard=false"]
+    halving = ["ppo.samples=4", "search.rungs=2", "search.reduction=2", "ray.dashboard=false"]
+    args = ["miou", *NO_FAULTS, *halving]
     done = search(args, tmp_path / "reference", data_root)
     assert done.returncode == 0, done.stdout + done.stderr
     reference = the_run(tmp_path / "reference")
