@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from surrogates.boundary import dilate, label_edges, one_hot_masked
+from surrogates.boundary import class_bits, dilate_or, has_class_bit, label_edges
 
 _FIELDS = ("confmat", "bconfmat", "edges", "image_sums", "image_counts")
 # The numbers compute() returns, in the column order of every run file (trials.csv, metrics.csv):
@@ -106,11 +106,10 @@ class SegMetrics:
 
         # biou: confusion matrix on the trimap = dilated (foreground) GT edges, valid pixels
         band_source = gt_edges & (gt != 0) if self.drop_background else gt_edges
-        band = dilate(band_source.unsqueeze(1).float(), self.tolerance).squeeze(1) > 0.5
-        in_band = band & valid
-        self.state["bconfmat"] += torch.bincount(
-            gt[in_band] * columns + pred[in_band], minlength=c * columns
-        ).view(c, columns)
+        in_band = dilate_or(band_source, self.tolerance) & valid
+        self.state["bconfmat"] += _masked_bincount(gt * columns + pred, in_band, c * columns).view(
+            c, columns
+        )
 
         edge_counts = self._edge_counts(gt, gt_edges, pred, pred_edges)  # (4, N, C)
         self.state["edges"] += edge_counts.sum(1)
@@ -120,18 +119,20 @@ class SegMetrics:
         """n_gt, n_pr, match_pr, match_gt per image and class: (4, N, C) int64 (A§1.4)."""
         c = self.num_classes
         n = gt.shape[0]
-        gt_near = _near_class_edges(gt, gt_edges, c, self.tolerance)  # (N, C, H, W) bool
-        pred_near = _near_class_edges(pred, pred_edges, c, self.tolerance)
+        # bit sets of the classes with an edge within r of each pixel (surrogates/boundary.py)
+        gt_near = dilate_or(class_bits(gt, gt_edges, c), self.tolerance)
+        pred_near = dilate_or(class_bits(pred, pred_edges, c), self.tolerance)
         # a predicted edge pixel of class k matches if a GT edge of class k is within r, and
         # vice versa
-        pred_matched = pred_edges & gt_near.gather(1, pred.clamp(max=c - 1).unsqueeze(1)).squeeze(1)
-        gt_matched = gt_edges & pred_near.gather(1, gt.clamp(max=c - 1).unsqueeze(1)).squeeze(1)
+        pred_matched = pred_edges & has_class_bit(gt_near, pred.clamp(max=c - 1))
+        gt_matched = gt_edges & has_class_bit(pred_near, gt.clamp(max=c - 1))
         image = torch.arange(n, device=gt.device).view(n, 1, 1) * c
+        gt_bin, pred_bin = image + gt, image + pred
         counts = [
-            torch.bincount((image + gt)[gt_edges], minlength=n * c),
-            torch.bincount((image + pred)[pred_edges], minlength=n * c),
-            torch.bincount((image + pred)[pred_matched], minlength=n * c),
-            torch.bincount((image + gt)[gt_matched], minlength=n * c),
+            _masked_bincount(gt_bin, gt_edges, n * c),
+            _masked_bincount(pred_bin, pred_edges, n * c),
+            _masked_bincount(pred_bin, pred_matched, n * c),
+            _masked_bincount(gt_bin, gt_matched, n * c),
         ]
         return torch.stack(counts).view(4, n, c)
 
@@ -277,6 +278,7 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(defined.mean()) if defined.numel() else math.nan
 
 
-def _near_class_edges(labels, edges, num_classes, radius) -> torch.Tensor:
-    """(N, C, H, W) bool: within Chebyshev distance r of an edge pixel of class c."""
-    return dilate(one_hot_masked(labels, edges, num_classes), radius) > 0.5
+def _masked_bincount(index: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+    """bincount of index where mask, without x[mask] (a nonzero + copy, the slow part here):
+    masked-out entries go to one extra bin that is dropped."""
+    return torch.bincount(torch.where(mask, index, size).view(-1), minlength=size + 1)[:size]

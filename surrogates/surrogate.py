@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surrogates.boundary import dilate, erode3x3, label_edges, one_hot_masked
+from surrogates.boundary import class_bits, class_mask, dilate_or, label_edges
 from surrogates.checks import check_finite, check_logits_target, debug_default, unknown_name
 from surrogates.curves import (
     METRIC_CURVES,
@@ -242,12 +242,6 @@ class SurrogateLoss(nn.Module):
         groups = per_image.new_zeros(self._groups(n), per_image.shape[1])
         return groups.index_add(0, self._group_of(n, per_image.device), per_image)
 
-    def _pool_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (G, C): sums over the pixels of each group's images."""
-        if self.group_size is None:  # one sum over the batch, the reference's pooling
-            return x.sum((0, 2, 3)).unsqueeze(0)
-        return self._by_group(x.sum((2, 3)))
-
     def _class_sums(self, labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Sum `values` (N, ...) per (group, GT class) -> (G, C)."""
         n, c = labels.shape[0], self.num_classes
@@ -317,20 +311,21 @@ class SurrogateLoss(nn.Module):
         edges = _gt_edges(labels, valid, self.num_classes)
         if self.drop_background:
             edges &= labels != 0
-        band = dilate(edges.unsqueeze(1).to(torch.float32), self.tolerance)
-        return band.squeeze(1) > 0.5
+        return dilate_or(edges, self.tolerance)
 
     def _bf1(self, p, labels, valid) -> torch.Tensor:
         """Boundary F1 surrogate (A§2.7). No void mask, as in the reference and the metric."""
-        c = self.num_classes
-        edges = _gt_edges(labels, valid, c)
-        gt_edges = one_hot_masked(labels, edges, c).to(p.dtype)  # (N, C, H, W), no gradient
-        soft_edges = _SoftEdges.apply(p, erode3x3(p), self.tables)  # (N, C, H, W)
-        n_gt = self._pool_pixels(gt_edges)  # (G, C)
-        n_pr = self._pool_pixels(soft_edges)
-        match_pr = self._pool_pixels(soft_edges * dilate(gt_edges, self.tolerance))
-        match_gt = self._pool_pixels(dilate(soft_edges, self.tolerance) * gt_edges)
-        n_gt, n_pr, match_pr, match_gt = self._sync(n_gt, n_pr, match_pr, match_gt)
+        n, c = p.shape[:2]
+        edges = _gt_edges(labels, valid, c)  # (N, H, W), no gradient
+        near_gt = dilate_or(class_bits(labels, edges, c), self.tolerance)  # GT edge classes <= r
+        image, y, x = edges.nonzero(as_tuple=True)
+        edge_class = labels[image, y, x]
+        n_pr, match_pr, match_gt = _SoftBoundarySums.apply(
+            p, self.tables, near_gt, image, edge_class, y, x, self.tolerance
+        )  # (N, C) each
+        n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(p.dtype)
+        sums = [self._by_group(s) for s in (n_gt, n_pr, match_pr, match_gt)]
+        n_gt, n_pr, match_pr, match_gt = self._sync(*sums)
         precision = match_pr / (n_pr + self.eps)
         recall = match_gt / (n_gt + self.eps)
         f1 = 2 * precision * recall / (precision + recall + self.eps)
@@ -355,33 +350,99 @@ def _gt_edges(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> to
     return label_edges(torch.where(valid, labels, num_classes)) & valid
 
 
-def _soft_edges_and_grads(p, e, tables):
-    """Soft XOR B = OR - AND of p and its erosion e with four curves, and dB/dp, dB/de."""
+def _soft_edges(p, near_gt, classes, tables):
+    """The soft edges of A§2.7 with what backward needs, in one fused pass over (N, C, H, W):
+    B = h3(p) + h4(e) - h3(p) h4(e) - h1(p) h2(e), e the 3x3 erosion (min) of p, then dB/dp,
+    dB/de, and per (image, class) n_pr = sum B and match_pr = sum B [GT edge of the class <= r]."""
+    h, w = p.shape[-2:]
+    padded = F.pad(p, (1, 1, 1, 1), value=float("inf"))  # the erosion ignores outside pixels
+    e = padded[..., 0:h, 0:w]
+    for dy, dx in _WINDOW_3X3[1:]:
+        e = torch.minimum(e, padded[..., dy : dy + h, dx : dx + w])
     h1, d1 = bezier_value_and_slope(p, tables[0])
     h2, d2 = bezier_value_and_slope(e, tables[1])
     h3, d3 = bezier_value_and_slope(p, tables[2])
     h4, d4 = bezier_value_and_slope(e, tables[3])
     edges = h3 + h4 - h3 * h4 - h1 * h2
-    return edges, d3 * (1 - h4) - d1 * h2, d4 * (1 - h3) - h1 * d2
+    near = class_mask(near_gt, classes).to(p.dtype)
+    grad_p, grad_e = d3 * (1 - h4) - d1 * h2, d4 * (1 - h3) - h1 * d2
+    return edges, grad_p, grad_e, edges.sum((2, 3)), (edges * near).sum((2, 3))
 
 
-_fused_soft_edges = fused(_soft_edges_and_grads)
+def _window_max(edges, image, edge_class, y, x, dy, dx):
+    """For each GT edge pixel: the max of its class's soft edges over the square window at
+    offsets (dy, dx), and the flat index of that max (the first in row-major order on ties, as
+    max_pool2d picks). Only the GT edge pixels, not all (N, C, H, W): recall needs no more."""
+    n, c, h, w = edges.shape
+    ys = y.unsqueeze(1) + dy
+    xs = x.unsqueeze(1) + dx
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    plane = (image * c + edge_class).unsqueeze(1) * (h * w)
+    index = plane + ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
+    values = torch.where(inside, edges.reshape(-1)[index], float("-inf"))
+    best, where = values.max(1)
+    return best, index.gather(1, where.unsqueeze(1)).squeeze(1)
 
 
-class _SoftEdges(torch.autograd.Function):
-    """B(p, e) with a fused forward that also returns both partial derivatives, so backward
-    keeps two tensors instead of the eight curve values and slopes."""
+def _soft_edges_backward(p, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall):
+    """dLoss/dp from dLoss/dB = g_n_pr + g_match_pr [GT edge <= r] + g_recall (scattered to the
+    window maxima), through B(p, e(p)). The erosion's gradient goes to each window's minimum,
+    found again as the neighbour equal to e (ties only happen at p = 0 or 1, where the softmax
+    backward zeroes the gradient anyway)."""
+    h, w = p.shape[-2:]
+    near = class_mask(near_gt, classes).to(p.dtype)
+    g_edges = g_n_pr.unsqueeze(-1).unsqueeze(-1) + g_match_pr.unsqueeze(-1).unsqueeze(-1) * near
+    g_edges = g_edges + g_recall
+    padded = F.pad(p, (1, 1, 1, 1), value=float("inf"))
+    e = padded[..., 0:h, 0:w]
+    for dy, dx in _WINDOW_3X3[1:]:
+        e = torch.minimum(e, padded[..., dy : dy + h, dx : dx + w])
+    # pixel (y, x) is in the windows of (y + 1 - dy, x + 1 - dx): pad e with NaN (never equal)
+    e_padded = F.pad(e, (1, 1, 1, 1), value=float("nan"))
+    g_e_padded = F.pad(g_edges * grad_e, (1, 1, 1, 1))
+    grad = g_edges * grad_p
+    for dy, dx in _WINDOW_3X3:
+        e_there = e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
+        g_there = g_e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
+        grad = grad + torch.where(p == e_there, g_there, 0.0)
+    return grad
+
+
+_WINDOW_3X3 = tuple((dy, dx) for dy in range(3) for dx in range(3))
+_fused_soft_edges = fused(_soft_edges)
+_fused_window_max = fused(_window_max)
+_fused_soft_edges_backward = fused(_soft_edges_backward)
+
+
+class _SoftBoundarySums(torch.autograd.Function):
+    """p -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate, with a hand-written
+    backward: it keeps p (which the softmax keeps anyway), dB/dp and dB/de, and the index of each
+    GT edge pixel's window maximum, instead of the eight curve tensors, the max-pool indices and
+    the dilated maps autograd would keep."""
 
     @staticmethod
-    def forward(ctx, p, e, tables):
-        edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
-        ctx.save_for_backward(grad_p, grad_e)
-        return edges.view_as(p)
+    def forward(ctx, p, tables, near_gt, image, edge_class, y, x, radius):
+        n, c = p.shape[:2]
+        classes = torch.arange(c, device=p.device)
+        edges, grad_p, grad_e, n_pr, match_pr = _fused_soft_edges(p, near_gt, classes, tables)
+        offsets = torch.arange(-radius, radius + 1, device=p.device)
+        dy = offsets.repeat_interleave(len(offsets))  # row-major window order
+        dx = offsets.repeat(len(offsets))
+        best, argmax = _fused_window_max(edges, image, edge_class, y, x, dy, dx)
+        pair = image * c + edge_class
+        match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
+        ctx.save_for_backward(p, grad_p, grad_e, near_gt, classes, pair, argmax)
+        return n_pr, match_pr, match_gt
 
     @staticmethod
-    def backward(ctx, grad):
-        grad_p, grad_e = ctx.saved_tensors
-        return grad * grad_p.view_as(grad), grad * grad_e.view_as(grad), None
+    def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
+        p, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
+        g_recall = torch.zeros_like(p).view(-1)
+        g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair]).view_as(p)
+        grad = _fused_soft_edges_backward(
+            p, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall.view_as(p)
+        )
+        return grad, *([None] * 7)
 
 
 class _AllReduceSum(torch.autograd.Function):

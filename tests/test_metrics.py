@@ -234,3 +234,25 @@ def test_metric_columns_are_the_numbers_compute_returns():
     results = metrics.compute()
     assert set(METRIC_COLUMNS) == set(results) - {"per_class"}
     assert METRIC_COLUMNS[:6] == METRICS  # the run files' first six: the target metrics
+
+
+@pytest.mark.parametrize("num_classes", [5, 70])  # one int64 word of class bits, and two
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_class_bit_dilation_is_the_one_hot_max_filter(num_classes, radius):
+    """The bit-set dilation (all classes in one OR pass) against the plain definition: a max
+    filter of each class's one-hot edge map."""
+    from surrogates.boundary import class_bits, class_mask, dilate_or, has_class_bit
+
+    labels = blob_target(2, 13, 17, num_classes, seed=radius, void_fraction=0.0, cell=3)
+    mask = label_edges(labels)
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).permute(0, 3, 1, 2)
+    one_hot = (one_hot * mask.unsqueeze(1)).double()
+    k = 2 * radius + 1
+    expected = torch.nn.functional.max_pool2d(one_hot, k, stride=1, padding=radius) > 0.5
+    near = dilate_or(class_bits(labels, mask, num_classes), radius)
+    assert near.shape[1] == (1 if num_classes <= 63 else 2)
+    classes = torch.arange(num_classes)
+    assert torch.equal(class_mask(near, classes).bool(), expected)
+    assert torch.equal(has_class_bit(near, labels), expected.gather(1, labels[:, None])[:, 0])
+    band = dilate_or(mask, radius)
+    assert torch.equal(band, expected.any(1))

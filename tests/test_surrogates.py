@@ -295,3 +295,18 @@ def test_value_checks_run_on_the_first_call_or_with_debug():
         debug(logits * float("nan"), target)
     with pytest.raises(ValueError, match="label 7"):
         debug(logits, bad)
+
+
+@pytest.mark.parametrize("metric", ["biou", "bf1"])
+def test_boundary_surrogates_match_the_reference_beyond_63_classes(metric):
+    """70 classes: the GT edge classes take two int64 words of bits (surrogates/boundary.py)."""
+    c = 70
+    logits = random_logits(2, c, 16, 18, seed=3)
+    target = blob_target(2, 16, 18, c, seed=3, cell=3)
+    loss = SurrogateLoss(metric, "identity", c, tolerance=2)
+    ours, ours_grad = loss_and_grad(loss, logits, target)
+    ref, ref_grad = loss_and_grad(
+        lambda z, t: reference_loss(metric, loss.theta, z, t, c, tolerance=2), logits, target
+    )
+    assert abs(float(ours - ref)) < 1e-10
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-10, rtol=1e-6)
