@@ -350,41 +350,44 @@ def _gt_edges(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> to
     return label_edges(torch.where(valid, labels, num_classes)) & valid
 
 
-def _soft_edges(p, near_gt, classes, tables):
-    """The soft edges of A§2.7 with what backward needs, in one fused pass over (N, C, H, W):
-    B = h3(p) + h4(e) - h3(p) h4(e) - h1(p) h2(e), e the 3x3 erosion (min) of p, then dB/dp,
-    dB/de, and per (image, class) n_pr = sum B and match_pr = sum B [GT edge of the class <= r]."""
+def _erode(p):
+    """3x3 erosion (min filter) of each channel; pixels outside the image are ignored."""
     h, w = p.shape[-2:]
-    padded = F.pad(p, (1, 1, 1, 1), value=float("inf"))  # the erosion ignores outside pixels
+    padded = F.pad(p, (1, 1, 1, 1), value=float("inf"))
     e = padded[..., 0:h, 0:w]
     for dy, dx in _WINDOW_3X3[1:]:
         e = torch.minimum(e, padded[..., dy : dy + h, dx : dx + w])
+    return e
+
+
+def _soft_edges(p, e, tables):
+    """The soft edges of A§2.7, B = h3(p) + h4(e) - h3(p) h4(e) - h1(p) h2(e), and dB/dp, dB/de,
+    elementwise in one fused pass (1-D inputs)."""
     h1, d1 = bezier_value_and_slope(p, tables[0])
     h2, d2 = bezier_value_and_slope(e, tables[1])
     h3, d3 = bezier_value_and_slope(p, tables[2])
     h4, d4 = bezier_value_and_slope(e, tables[3])
     edges = h3 + h4 - h3 * h4 - h1 * h2
-    near = class_mask(near_gt, classes).to(p.dtype)
-    grad_p, grad_e = d3 * (1 - h4) - d1 * h2, d4 * (1 - h3) - h1 * d2
-    return edges, grad_p, grad_e, edges.sum((2, 3)), (edges * near).sum((2, 3))
+    return edges, d3 * (1 - h4) - d1 * h2, d4 * (1 - h3) - h1 * d2
 
 
-def _window_max(edges, image, edge_class, y, x, dy, dx):
-    """For each GT edge pixel: the max of its class's soft edges over the square window at
-    offsets (dy, dx), and the flat index of that max (the first in row-major order on ties, as
-    max_pool2d picks). Only the GT edge pixels, not all (N, C, H, W): recall needs no more."""
-    n, c, h, w = edges.shape
-    ys = y.unsqueeze(1) + dy
-    xs = x.unsqueeze(1) + dx
-    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    plane = (image * c + edge_class).unsqueeze(1) * (h * w)
-    index = plane + ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
-    values = torch.where(inside, edges.reshape(-1)[index], float("-inf"))
-    best, where = values.max(1)
+def _edge_sums(edges, near_gt, classes):
+    """Per (image, class): n_pr = sum B and match_pr = sum B [a GT edge of the class <= r]."""
+    near = class_mask(near_gt, classes).to(edges.dtype)
+    return edges.sum((2, 3)), (edges * near).sum((2, 3))
+
+
+def _window_max(padded_edges, first, offsets):
+    """For each GT edge pixel: the max of its class's soft edges over the square window, and
+    where it is (the first in row-major order on ties, as max_pool2d picks). padded_edges: B
+    padded by r with -inf, flattened; first: each window's top-left flat index; offsets: the
+    window's flat offsets. Only the GT edge pixels, not all (N, C, H, W): recall needs no more."""
+    index = first.unsqueeze(1) + offsets
+    best, where = padded_edges[index].max(1)
     return best, index.gather(1, where.unsqueeze(1)).squeeze(1)
 
 
-def _soft_edges_backward(p, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall):
+def _soft_edges_backward(p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall):
     """dLoss/dp from dLoss/dB = g_n_pr + g_match_pr [GT edge <= r] + g_recall (scattered to the
     window maxima), through B(p, e(p)). The erosion's gradient goes to each window's minimum,
     found again as the neighbour equal to e (ties only happen at p = 0 or 1, where the softmax
@@ -393,10 +396,6 @@ def _soft_edges_backward(p, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr
     near = class_mask(near_gt, classes).to(p.dtype)
     g_edges = g_n_pr.unsqueeze(-1).unsqueeze(-1) + g_match_pr.unsqueeze(-1).unsqueeze(-1) * near
     g_edges = g_edges + g_recall
-    padded = F.pad(p, (1, 1, 1, 1), value=float("inf"))
-    e = padded[..., 0:h, 0:w]
-    for dy, dx in _WINDOW_3X3[1:]:
-        e = torch.minimum(e, padded[..., dy : dy + h, dx : dx + w])
     # pixel (y, x) is in the windows of (y + 1 - dy, x + 1 - dx): pad e with NaN (never equal)
     e_padded = F.pad(e, (1, 1, 1, 1), value=float("nan"))
     g_e_padded = F.pad(g_edges * grad_e, (1, 1, 1, 1))
@@ -409,7 +408,9 @@ def _soft_edges_backward(p, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr
 
 
 _WINDOW_3X3 = tuple((dy, dx) for dy in range(3) for dx in range(3))
+_fused_erode = fused(_erode)
 _fused_soft_edges = fused(_soft_edges)
+_fused_edge_sums = fused(_edge_sums)
 _fused_window_max = fused(_window_max)
 _fused_soft_edges_backward = fused(_soft_edges_backward)
 
@@ -424,24 +425,38 @@ class _SoftBoundarySums(torch.autograd.Function):
     def forward(ctx, p, tables, near_gt, image, edge_class, y, x, radius):
         n, c = p.shape[:2]
         classes = torch.arange(c, device=p.device)
-        edges, grad_p, grad_e, n_pr, match_pr = _fused_soft_edges(p, near_gt, classes, tables)
-        offsets = torch.arange(-radius, radius + 1, device=p.device)
-        dy = offsets.repeat_interleave(len(offsets))  # row-major window order
-        dx = offsets.repeat(len(offsets))
-        best, argmax = _fused_window_max(edges, image, edge_class, y, x, dy, dx)
+        e = _fused_erode(p)
+        edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
+        edges = edges.view_as(p)
+        n_pr, match_pr = _fused_edge_sums(edges, near_gt, classes)
+        # recall needs max_window B at each GT edge pixel, for its own class
+        h, w = p.shape[-2:]
+        hp, wp = h + 2 * radius, w + 2 * radius
+        padded = F.pad(edges, (radius,) * 4, value=float("-inf"))
+        first = ((image * c + edge_class) * hp + y) * wp + x  # window of (y, x) starts there
+        k = torch.arange(2 * radius + 1, device=p.device)
+        offsets = (k.unsqueeze(1) * wp + k).reshape(-1)  # row-major window order
+        best, argmax = _fused_window_max(padded.view(-1), first, offsets)
+        # flat index in padded B -> in B
+        argmax = (
+            (argmax // (hp * wp)) * (h * w)
+            + (argmax % (hp * wp) // wp - radius) * w
+            + (argmax % wp - radius)
+        )
         pair = image * c + edge_class
         match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
-        ctx.save_for_backward(p, grad_p, grad_e, near_gt, classes, pair, argmax)
+        ctx.save_for_backward(p, e, grad_p, grad_e, near_gt, classes, pair, argmax)
         return n_pr, match_pr, match_gt
 
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
-        p, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
+        p, e, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
         g_recall = torch.zeros_like(p).view(-1)
         g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair]).view_as(p)
         grad = _fused_soft_edges_backward(
-            p, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall.view_as(p)
-        )
+            p, e, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
+            g_n_pr, g_match_pr, g_recall.view_as(p),
+        )  # fmt: skip
         return grad, *([None] * 7)
 
 
