@@ -4,7 +4,8 @@ For each loss and input size it measures, on float32 CPU logits with requires_gr
   ms        forward + backward wall time, median over repeats after warm-up (the first call of a
             surrogate compiles its fused elementwise kernels, so warm-up is at least 2 calls)
   saved MB  bytes of the distinct storages autograd saves for backward during the forward
-            (torch.autograd.graph.saved_tensors_hooks), the logits themselves excluded: the
+            (torch.autograd.graph.saved_tensors_hooks), the logits included when a loss keeps
+            them (the region surrogates keep the logits instead of the probabilities): the
             memory a loss keeps alive until backward, which is what limits the batch size
 Both are also given relative to cross-entropy measured in the same run; the calls of each loss
 and of cross-entropy alternate, so that both see the same state of a noisy machine. The "target"
@@ -80,14 +81,12 @@ def time_ms(
 
 
 def saved_mb(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> float:
-    """MB of distinct storages autograd saves for backward, the logits' storage excluded."""
+    """MB of the distinct storages autograd saves for backward (the logits too, if saved)."""
     storages = {}
-    own = logits.untyped_storage().data_ptr()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
-        if s.data_ptr() != own:
-            storages[s.data_ptr()] = s.nbytes()
+        storages[s.data_ptr()] = s.nbytes()
         return t
 
     logits.grad = None
@@ -153,7 +152,7 @@ def main() -> None:
     compile_on = os.environ.get("SLS_COMPILE", "1") != "0"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU")
     print(f"torch.compile of the fused kernels: {'on' if compile_on else 'off (SLS_COMPILE=0)'}")
-    print(f"median of {repeats} repeats after 3 warm-up calls; saved MB excludes the logits\n")
+    print(f"median of {repeats} repeats after 3 warm-up calls, alternating with CE\n")
 
     losses = make_losses()
     for n, h, w in SIZES:

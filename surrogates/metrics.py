@@ -35,7 +35,7 @@ class SegMetrics:
             means (VOC reference evaluation). The background IoU stays in the biou mean (A§1.3).
         tolerance: boundary tolerance r in pixels, square (2r+1)^2 window (reference r = 5).
         boundary: also count the boundary metrics (biou, bf1, bf1_image). False skips their
-            edge extraction and dilations, ~100x the cost of the region counts, and leaves
+            edge extraction and dilations, 2-5x the cost of the region counts, and leaves
             them NaN.
 
     `update(pred, target)` takes int64 (N, H, W) predicted labels and GT labels. A predicted

@@ -206,17 +206,15 @@ class SurrogateLoss(nn.Module):
             valid = target != self.ignore_index
             labels = torch.where(valid, target, 0).long()
             if self.metric == "bf1":
-                p = torch.softmax(z, dim=1)
-                loss = 1 - self._bf1(p, labels, valid)
+                loss = 1 - self._bf1(z, labels, valid)
             elif self.metric in ("macc", "gacc"):
                 loss = 1 - self._accuracy(z, labels, valid)
             else:
-                p = torch.softmax(z, dim=1)
                 weight = valid if self.metric != "biou" else valid & self._trimap(labels, valid)
                 fw = self.metric == "fwiou"
-                loss = 1 - self._iou(p, labels, weight, self.tables[0], self.tables[1], fw)
+                loss = 1 - self._iou(z, labels, weight, self.tables[0], self.tables[1], fw)
             if self.region_weight > 0:
-                loss = loss + self.region_weight * (1 - self._iou(p, labels, valid, None, None))
+                loss = loss + self.region_weight * (1 - self._iou(z, labels, valid, None, None))
             if self.ce_weight > 0:
                 ce = F.cross_entropy(z, target.long(), ignore_index=self.ignore_index)
                 loss = (1 - self.ce_weight) * loss + self.ce_weight * ce
@@ -269,17 +267,15 @@ class SurrogateLoss(nn.Module):
             per_group = (ratio * present).sum(1) / present.sum(1).clamp(min=1)
         return _mean_over_groups(per_group, present.sum(1) > 0)
 
-    def _iou(self, p, labels, weight, table_i, table_u, by_frequency=False) -> torch.Tensor:
+    def _iou(self, z, labels, weight, table_i, table_u, by_frequency=False) -> torch.Tensor:
         """miou / biou surrogate, fwiou with by_frequency; identity curves for None tables."""
-        n, c = p.shape[:2]
-        weight = weight.to(p.dtype)
-        p = p.reshape(n, c, -1)  # (N, C, P)
-        weight = weight.reshape(n, -1)  # (N, P)
-        p_gt = p.gather(1, labels.reshape(n, 1, -1)).squeeze(1)  # (N, P)
+        n, c = z.shape[:2]
+        labels = labels.reshape(n, -1)  # (N, P)
+        weight = weight.to(z.dtype).reshape(n, -1)
+        # (N, C): sum_i m h_U(p_c), and (N, P) the probability of each pixel's GT class
+        soft_all, p_gt = _SoftmaxSums.apply(z.reshape(n, c, -1), labels, weight, table_u)
         h_i_gt = p_gt if table_i is None else bezier(p_gt, table_i)
         h_u_gt = p_gt if table_u is None else bezier(p_gt, table_u)
-        h_u = p if table_u is None else bezier(p, table_u)
-        soft_all = torch.bmm(h_u, weight.unsqueeze(2)).squeeze(2)  # (N, C): sum_i m h_U(p_c)
         soft_all = self._by_group(soft_all)  # (G, C)
         inter = self._class_sums(labels, h_i_gt * weight)
         count = self._class_sums(labels, weight)
@@ -295,9 +291,9 @@ class SurrogateLoss(nn.Module):
 
     def _accuracy(self, z, labels, valid) -> torch.Tensor:
         """macc / gacc surrogate: the curve is needed at the GT channel only."""
-        z_gt = z.gather(1, labels.unsqueeze(1)).squeeze(1)  # (N, H, W)
-        p_gt = torch.exp(z_gt - torch.logsumexp(z, dim=1))
-        weight = valid.to(z.dtype)
+        n, c = z.shape[:2]
+        _, p_gt = _SoftmaxSums.apply(z.reshape(n, c, -1), labels.reshape(n, -1), None, None)
+        weight = valid.to(z.dtype).reshape(n, -1)
         hits = self._class_sums(labels, bezier(p_gt, self.tables[0]) * weight)
         count = self._class_sums(labels, weight)
         hits, count = self._sync(hits, count)
@@ -313,17 +309,17 @@ class SurrogateLoss(nn.Module):
             edges &= labels != 0
         return dilate_or(edges, self.tolerance)
 
-    def _bf1(self, p, labels, valid) -> torch.Tensor:
+    def _bf1(self, z, labels, valid) -> torch.Tensor:
         """Boundary F1 surrogate (A§2.7). No void mask, as in the reference and the metric."""
-        n, c = p.shape[:2]
+        n, c = z.shape[:2]
         edges = _gt_edges(labels, valid, c)  # (N, H, W), no gradient
         near_gt = dilate_or(class_bits(labels, edges, c), self.tolerance)  # GT edge classes <= r
         image, y, x = edges.nonzero(as_tuple=True)
         edge_class = labels[image, y, x]
         n_pr, match_pr, match_gt = _SoftBoundarySums.apply(
-            p, self.tables, near_gt, image, edge_class, y, x, self.tolerance
+            z, self.tables, near_gt, image, edge_class, y, x, self.tolerance
         )  # (N, C) each
-        n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(p.dtype)
+        n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(z.dtype)
         sums = [self._by_group(s) for s in (n_gt, n_pr, match_pr, match_gt)]
         n_gt, n_pr, match_pr, match_gt = self._sync(*sums)
         precision = match_pr / (n_pr + self.eps)
@@ -348,6 +344,10 @@ def _mean_over_groups(per_group: torch.Tensor, has_data: torch.Tensor) -> torch.
 def _gt_edges(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, H, W) GT edge pixels: void is one extra label, so class pixels next to void count."""
     return label_edges(torch.where(valid, labels, num_classes)) & valid
+
+
+def _softmax(z):
+    return torch.softmax(z, 1)
 
 
 def _erode(p):
@@ -388,10 +388,10 @@ def _window_max(padded_edges, first, offsets):
 
 
 def _soft_edges_backward(p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall):
-    """dLoss/dp from dLoss/dB = g_n_pr + g_match_pr [GT edge <= r] + g_recall (scattered to the
-    window maxima), through B(p, e(p)). The erosion's gradient goes to each window's minimum,
-    found again as the neighbour equal to e (ties only happen at p = 0 or 1, where the softmax
-    backward zeroes the gradient anyway)."""
+    """dLoss/dz from dLoss/dB = g_n_pr + g_match_pr [GT edge <= r] + g_recall (scattered to the
+    window maxima), through B(p, e(p)) and p = softmax(z). The erosion's gradient goes to each
+    window's minimum, found again as the neighbour equal to e (ties only happen at p = 0 or 1,
+    where the softmax backward zeroes the gradient anyway)."""
     h, w = p.shape[-2:]
     near = class_mask(near_gt, classes).to(p.dtype)
     g_edges = g_n_pr.unsqueeze(-1).unsqueeze(-1) + g_match_pr.unsqueeze(-1).unsqueeze(-1) * near
@@ -404,10 +404,11 @@ def _soft_edges_backward(p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match
         e_there = e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
         g_there = g_e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
         grad = grad + torch.where(p == e_there, g_there, 0.0)
-    return grad
+    return p * (grad - (p * grad).sum(1, keepdim=True))  # through the softmax, to the logits
 
 
 _WINDOW_3X3 = tuple((dy, dx) for dy in range(3) for dx in range(3))
+_fused_softmax = fused(_softmax)
 _fused_erode = fused(_erode)
 _fused_soft_edges = fused(_soft_edges)
 _fused_edge_sums = fused(_edge_sums)
@@ -415,16 +416,65 @@ _fused_window_max = fused(_window_max)
 _fused_soft_edges_backward = fused(_soft_edges_backward)
 
 
+def _softmax_sums(z, labels, weight, table):
+    """(N, C, P) logits -> log-sum-exp (N, P), the GT-class probability (N, P) and, with a
+    weight, sum_i weight_i h(p_ic) per (image, class) (identity h for no table): one pass over
+    z for the log-sum-exp, one for the sums, and no (N, C, P) tensor written."""
+    lse = torch.logsumexp(z, 1)
+    p_gt = torch.exp(z.gather(1, labels.unsqueeze(1)).squeeze(1) - lse)
+    if weight is None:
+        return lse, p_gt, None
+    p = torch.exp(z - lse.unsqueeze(1))
+    h = p if table is None else bezier_value_and_slope(p, table)[0]
+    return lse, p_gt, (h * weight.unsqueeze(1)).sum(2)
+
+
+def _softmax_sums_backward(z, lse, labels, weight, table, g_sums, g_p_gt):
+    """dLoss/dz: the softmax backward p (g - sum_k p_k g_k) of dLoss/dp_c = g_sums_c weight
+    h'(p_c) + [c = GT] g_p_gt, with p recomputed from z and the log-sum-exp."""
+    p = torch.exp(z - lse.unsqueeze(1))
+    is_gt = torch.arange(z.shape[1], device=z.device).view(1, -1, 1) == labels.unsqueeze(1)
+    g_p = torch.where(is_gt, g_p_gt.unsqueeze(1), 0.0)
+    if weight is not None:
+        slope = 1.0 if table is None else bezier_value_and_slope(p, table)[1]
+        g_p = g_p + g_sums.unsqueeze(2) * weight.unsqueeze(1) * slope
+    return p * (g_p - (p * g_p).sum(1, keepdim=True))
+
+
+_fused_softmax_sums = fused(_softmax_sums)
+_fused_softmax_sums_backward = fused(_softmax_sums_backward)
+
+
+class _SoftmaxSums(torch.autograd.Function):
+    """z -> (sum_i weight_i h(softmax(z)_ic) per image and class, softmax(z) at the GT class),
+    the softmax and the curve fused, with a hand-written backward that keeps the logits and the
+    log-sum-exp only (no probabilities, no curve slopes): the region surrogates' dense part."""
+
+    @staticmethod
+    def forward(ctx, z, labels, weight, table):
+        lse, p_gt, sums = _fused_softmax_sums(z, labels, weight, table)
+        ctx.table = table
+        ctx.save_for_backward(z, lse, labels, weight)
+        return sums, p_gt
+
+    @staticmethod
+    def backward(ctx, g_sums, g_p_gt):
+        z, lse, labels, weight = ctx.saved_tensors
+        grad = _fused_softmax_sums_backward(z, lse, labels, weight, ctx.table, g_sums, g_p_gt)
+        return grad, None, None, None
+
+
 class _SoftBoundarySums(torch.autograd.Function):
-    """p -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate, with a hand-written
-    backward: it keeps p (which the softmax keeps anyway), dB/dp and dB/de, and the index of each
-    GT edge pixel's window maximum, instead of the eight curve tensors, the max-pool indices and
+    """z -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate, with a hand-written
+    backward: it keeps p = softmax(z), its erosion e, dB/dp and dB/de, and the index of each GT
+    edge pixel's window maximum, instead of the eight curve tensors, the max-pool indices and
     the dilated maps autograd would keep."""
 
     @staticmethod
-    def forward(ctx, p, tables, near_gt, image, edge_class, y, x, radius):
-        n, c = p.shape[:2]
-        classes = torch.arange(c, device=p.device)
+    def forward(ctx, z, tables, near_gt, image, edge_class, y, x, radius):
+        n, c = z.shape[:2]
+        classes = torch.arange(c, device=z.device)
+        p = _fused_softmax(z)
         e = _fused_erode(p)
         edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
         edges = edges.view_as(p)
