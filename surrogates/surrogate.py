@@ -16,8 +16,12 @@ through searched monotone curves h (surrogates/curves.py), pooled over the batch
 
 Why it is fast: y is one-hot, so h_I (and h for macc/gacc) is evaluated only at each pixel's GT
 channel (N x H x W values), and U_c = |Y_c| + sum over all channels of m h_U(p_c) - sum at the GT
-channel, so no one-hot tensor is built. The curves run as one fused kernel with a hand-written
-backward that saves only the slope (surrogates/fused.py).
+channel, so no one-hot tensor is built. The softmax and the union curve run fused, with a
+hand-written backward that keeps only the logits and the log-sum-exp (`_SoftmaxSums`). bf1 needs
+the dilated GT edges only as "a GT edge of class c within r" (bit sets, surrogates/boundary.py)
+and the dilated soft edges only at the GT edge pixels (`_window_max`), so no N x C x H x W max
+filter runs; its backward is hand-written too (`_SoftBoundarySums`). The kernels are compiled
+(surrogates/fused.py).
 """
 
 from collections.abc import Sequence
