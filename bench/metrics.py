@@ -43,16 +43,19 @@ def make_batch(n: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, tor
     return pred, target
 
 
-def time_ms(update: Callable, pred: torch.Tensor, target: torch.Tensor, repeats: int) -> float:
-    """Median time of update(pred, target) in ms, after 2 warm-up calls."""
+def time_ms(updates: dict[str, Callable], pred: torch.Tensor, target: torch.Tensor, repeats: int):
+    """Median time of each update(pred, target) in ms, after 2 warm-up calls; the updaters take
+    turns call by call, so that all see the same state of a noisy machine."""
     for _ in range(2):
-        update(pred, target)
-    times = []
+        for update in updates.values():
+            update(pred, target)
+    times = {name: [] for name in updates}
     for _ in range(repeats):
-        start = time.perf_counter()
-        update(pred, target)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, update in updates.items():
+            start = time.perf_counter()
+            update(pred, target)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def make_metrics() -> dict:
@@ -72,7 +75,7 @@ def make_metrics() -> dict:
 def bench_size(n: int, h: int, w: int, repeats: int) -> None:
     pred, target = make_batch(n, h, w)
     metrics = make_metrics()
-    ms = {name: time_ms(m.update, pred, target, repeats) for name, m in metrics.items()}
+    ms = time_ms({name: m.update for name, m in metrics.items()}, pred, target, repeats)
     print(f"### N={n}, C={NUM_CLASSES}, {h}x{w}\n")
     print("| update | ms / batch | images/s | x torchmetrics time |")
     print("|---|---:|---:|---:|")
@@ -115,7 +118,7 @@ def main() -> None:
     repeats = 3 if args.quick else 20
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    print(f"median of {repeats} repeats after 2 warm-up calls\n")
+    print(f"median of {repeats} repeats after 2 warm-up calls, the updaters taking turns\n")
     for n, h, w in SIZES:
         bench_size(n, h, w, repeats)
     check_agreement(*SIZES[0])

@@ -93,8 +93,8 @@ class SegMetrics:
         # per-image confusion matrices (N, C, C+1) in one bincount; their sum is the batch's
         columns = c + 1
         image_index = torch.arange(n, device=device).view(n, 1, 1) * (c * columns)
-        pairs = (image_index + gt * columns + pred)[valid]
-        per_image_cm = torch.bincount(pairs, minlength=n * c * columns).view(n, c, columns)
+        pairs = image_index + gt * columns + pred
+        per_image_cm = _masked_bincount(pairs, valid, n * c * columns).view(n, c, columns)
         self.state["confmat"] += per_image_cm.sum(0)
         if not self.boundary:
             self._add_image_scores(per_image_cm, None)

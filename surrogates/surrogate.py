@@ -422,8 +422,8 @@ _fused_soft_edges_backward = fused(_soft_edges_backward)
 
 def _softmax_sums(z, labels, weight, table):
     """(N, C, P) logits -> log-sum-exp (N, P), the GT-class probability (N, P) and, with a
-    weight, sum_i weight_i h(p_ic) per (image, class) (identity h for no table): one pass over
-    z for the log-sum-exp, one for the sums, and no (N, C, P) tensor written."""
+    weight, sum_i weight_i h(p_ic) per (image, class) (identity h for no table). Nothing of
+    size (N, C, P) is returned: backward recomputes p from z and the log-sum-exp."""
     lse = torch.logsumexp(z, 1)
     p_gt = torch.exp(z.gather(1, labels.unsqueeze(1)).squeeze(1) - lse)
     if weight is None:
@@ -505,8 +505,8 @@ class _SoftBoundarySums(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
         p, e, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
-        g_recall = torch.zeros_like(p).view(-1)
-        g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair]).view_as(p)
+        g_recall = torch.zeros_like(p).view(-1)  # each GT edge pixel's, at its window's max
+        g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
         grad = _fused_soft_edges_backward(
             p, e, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
             g_n_pr, g_match_pr, g_recall.view_as(p),
