@@ -319,11 +319,11 @@ class SurrogateLoss(nn.Module):
         edges = _gt_edges(labels, valid, c)  # (N, H, W), no gradient
         near_gt = dilate_or(class_bits(labels, edges, c), self.tolerance)  # GT edge classes <= r
         image, y, x = edges.nonzero(as_tuple=True)
-        edge_class = labels[image, y, x]
+        pair = image * c + labels[image, y, x]  # (image, class) of each GT edge pixel
         n_pr, match_pr, match_gt = _SoftBoundarySums.apply(
-            z, self.tables, near_gt, image, edge_class, y, x, self.tolerance
+            z, self.tables, near_gt, pair, y, x, self.tolerance
         )  # (N, C) each
-        n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(z.dtype)
+        n_gt = torch.bincount(pair, minlength=n * c).view(n, c).to(z.dtype)
         sums = [self._by_group(s) for s in (n_gt, n_pr, match_pr, match_gt)]
         n_gt, n_pr, match_pr, match_gt = self._sync(*sums)
         precision = match_pr / (n_pr + self.eps)
@@ -475,7 +475,7 @@ class _SoftBoundarySums(torch.autograd.Function):
     the dilated maps autograd would keep."""
 
     @staticmethod
-    def forward(ctx, z, tables, near_gt, image, edge_class, y, x, radius):
+    def forward(ctx, z, tables, near_gt, pair, y, x, radius):
         n, c = z.shape[:2]
         classes = torch.arange(c, device=z.device)
         p = _fused_softmax(z)
@@ -487,7 +487,7 @@ class _SoftBoundarySums(torch.autograd.Function):
         h, w = p.shape[-2:]
         hp, wp = h + 2 * radius, w + 2 * radius
         padded = F.pad(edges, (radius,) * 4, value=float("-inf"))
-        first = ((image * c + edge_class) * hp + y) * wp + x  # window of (y, x) starts there
+        first = (pair * hp + y) * wp + x  # the window of (y, x) starts there
         k = torch.arange(2 * radius + 1, device=p.device)
         offsets = (k.unsqueeze(1) * wp + k).reshape(-1)  # row-major window order
         best, argmax = _fused_window_max(padded.view(-1), first, offsets)
@@ -497,7 +497,6 @@ class _SoftBoundarySums(torch.autograd.Function):
             + (argmax % (hp * wp) // wp - radius) * w
             + (argmax % wp - radius)
         )
-        pair = image * c + edge_class
         match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
         ctx.save_for_backward(p, e, grad_p, grad_e, near_gt, classes, pair, argmax)
         return n_pr, match_pr, match_gt
@@ -511,7 +510,7 @@ class _SoftBoundarySums(torch.autograd.Function):
             p, e, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
             g_n_pr, g_match_pr, g_recall.view_as(p),
         )  # fmt: skip
-        return grad, *([None] * 7)
+        return grad, *([None] * 6)
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -212,7 +212,8 @@ def test_other_controllers_run_end_to_end(controller, finished, tmp_path):
     assert sum(r["phase"] == "search" for r in rows) == 2 * 3
     # final mean, top-1 and identity, each once: random's mean is its best sample, which may be
     # sample 0, the identity curve, and then two of the three are one candidate
-    confirmed = [tuple(v for k, v in r.items() if k.startswith("raw_")) for r in rows[6:]]
+    confirm = [r for r in rows if r["phase"] == "confirm"]
+    confirmed = [tuple(v for k, v in r.items() if k.startswith("raw_")) for r in confirm]
     assert 2 <= len(confirmed) <= 3 and len(set(confirmed)) == len(confirmed)
     assert SurrogateLoss.from_file(run_dir / "miou_bezier.yaml", num_classes=7).metric == "miou"
 
