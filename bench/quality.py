@@ -9,16 +9,23 @@ loss beats CE on it by more than the seed spread (the larger of the two stds).
 It takes hours on two cores (about 40 min per metric plus 10 min of CE). Every run lives in a
 fixed folder under --work; a rerun skips finished runs and resumes interrupted ones, so the
 benchmark can be stopped and restarted at will; the table covers whatever has finished.
+The searches run one after another (each uses every core through Ray); then the retrains run
+--jobs at a time, each on cores / jobs threads with its log in its seed folder. A retrain's
+numbers depend on its thread count (float sums in a different order), so compare tables made
+with the same --jobs on the same number of cores.
 
 Run: ./launch.sh bench quality [--metrics miou macc ...] [--losses ce searched] [--seeds 3]
-                               [--work DIR] [--table-only]
+                               [--jobs 2] [--work DIR] [--table-only]
 """
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,9 +33,14 @@ METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
 LOSSES = ("ce", "searched", "preset", "identity")
 
 
-def launch(*args: str) -> None:
-    print("$ ./launch.sh " + " ".join(args), flush=True)
-    subprocess.run([str(REPO / "launch.sh"), *args], check=True)
+def launch(*args: str, log: Path | None = None, threads: int | None = None) -> None:
+    print("$ ./launch.sh " + " ".join(args) + (f"  > {log}" if log else ""), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(REPO / "launch.sh"), *args]
+    with log.open("a") if log else contextlib.nullcontext() as out:
+        subprocess.run(command, check=True, env=env, stdout=out, stderr=out)
 
 
 def finished_run(folder: Path, marker: str) -> Path | None:
@@ -62,34 +74,47 @@ def loss_file(loss: str, metric: str, work: Path) -> Path:
     return search(metric, work)
 
 
-def retrain(loss: str, metric: str, seed: int, work: Path) -> dict:
-    folder = work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}") / f"seed{seed}"
-    done = finished_run(folder, "final.json")
-    if done is None:
-        started = list(folder.glob("*/checkpoints")) if folder.is_dir() else []
-        if started:
-            launch("retrain", "--resume", str(started[0].parent))
-        else:
-            file = loss_file(loss, metric, work)
-            launch(
-                "retrain", str(file), "data=shapes", f"retrain.fit.seed={seed}",
-                f"--results={folder}",
-            )  # fmt: skip
-        done = finished_run(folder, "final.json")
-    return json.loads((done / "final.json").read_text())
+def seed_folder(loss: str, metric: str, seed: int, work: Path) -> Path:
+    return work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}") / f"seed{seed}"
 
 
-def collect(metric: str, seeds: int, work: Path, run: tuple[str, ...]) -> dict[str, list[dict]]:
-    """loss -> the final.json of each finished seed; runs what is missing for the losses in run."""
+def retrain(file: Path, folder: Path, seed: int, threads: int | None) -> None:
+    """One retrain seed, run (or resumed) to its final.json unless it has one."""
+    if finished_run(folder, "final.json"):
+        return
+    log = folder / "retrain.log" if threads else None
+    started = list(folder.glob("*/checkpoints")) if folder.is_dir() else []
+    if started:
+        launch("retrain", "--resume", str(started[0].parent), log=log, threads=threads)
+    else:
+        launch(
+            "retrain", str(file), "data=shapes", f"retrain.fit.seed={seed}",
+            f"--results={folder}", log=log, threads=threads,
+        )  # fmt: skip
+
+
+def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: Path) -> None:
+    """The searches one by one, then every missing retrain seed, jobs at a time."""
+    files = {(loss, m): loss_file(loss, m, work) for m in metrics for loss in losses}
+    runs = {
+        seed_folder(loss, m, seed, work): (file, seed)
+        for (loss, m), file in files.items()
+        for seed in range(seeds)
+    }  # CE's folders are shared by every metric: the dict keeps one run each
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    with ThreadPoolExecutor(jobs) as pool:
+        pending = [pool.submit(retrain, f, folder, s, threads) for folder, (f, s) in runs.items()]
+        for future in pending:
+            future.result()  # the first failure stops the benchmark with its error
+
+
+def collect(metric: str, seeds: int, work: Path) -> dict[str, list[dict]]:
+    """loss -> the final.json of each finished seed."""
     results = {}
     for loss in LOSSES:
         finals = []
         for seed in range(seeds):
-            if loss in run:
-                finals.append(retrain(loss, metric, seed, work))
-                continue
-            folder = work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}")
-            done = finished_run(folder / f"seed{seed}", "final.json")
+            done = finished_run(seed_folder(loss, metric, seed, work), "final.json")
             if done:
                 finals.append(json.loads((done / "final.json").read_text()))
         results[loss] = finals
@@ -131,14 +156,22 @@ def main() -> None:
         "--losses", nargs="+", default=list(LOSSES), choices=LOSSES,
         help="run only these (e.g. ce searched first); the table shows every finished run",
     )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="retrains at once, each on cores / jobs threads (logs in their seed folders)",
+    )  # fmt: skip
     parser.add_argument("--work", default=str(REPO / "results" / "quality"))
     parser.add_argument("--table-only", action="store_true", help="print what has finished")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        run_all(args.metrics, args.losses, args.seeds, args.jobs, work)
     tables = []
     for metric in args.metrics:
-        results = collect(metric, args.seeds, work, () if args.table_only else tuple(args.losses))
+        results = collect(metric, args.seeds, work)
         tables.append(table(metric, results))
         (work / "quality.md").write_text("\n\n".join(tables) + "\n")  # partial results too
     print("\n\n".join(tables))
