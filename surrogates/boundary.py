@@ -6,16 +6,34 @@ Dilation with tolerance r is a (2r+1) x (2r+1) square window (Chebyshev distance
 
 Why bit sets: "is an edge of class c within r of this pixel" is needed for every pixel and
 class, and a dilation of C one-hot maps costs C passes of a max filter per direction. With the
-classes of a pixel's edges as bits of one int64 word (63 classes per word), dilating all classes
-at once is an OR over the window, C-independent: ~20x less work than the one-hot max filter at
-C = 21 (bench/metrics.py, bench/losses.py).
+classes of a pixel's edges as bits of one integer word, dilating all classes at once is an OR
+over the window, C-independent: ~20x less work than the one-hot max filter at C = 21
+(bench/metrics.py, bench/losses.py). These passes are memory-bound, so words and labels use the
+narrowest integer type that holds them: one int32 word for VOC's 21 or Cityscapes' 19 classes,
+one uint8 for shapes' 7, int64 words of 63 classes each beyond 63 classes.
 """
 
 import torch
 
 # The four neighbour offsets (dy, dx) that, used in both directions, cover all 8 neighbours.
 _HALF_NEIGHBOURHOOD = ((0, 1), (1, 0), (1, 1), (1, -1))
-CLASSES_PER_WORD = 63  # bits of an int64 word used for classes (the sign bit stays clear)
+# classes per word of each word type; the sign bit of the signed types stays clear
+_CLASSES_PER_WORD = {torch.uint8: 8, torch.int16: 15, torch.int32: 31, torch.int64: 63}
+CLASSES_PER_WORD = _CLASSES_PER_WORD[torch.int64]  # beyond 63 classes: several int64 words
+
+
+def word_type(num_classes: int) -> torch.dtype:
+    """The narrowest word type that holds num_classes bits, else int64 (several words)."""
+    return next((t for t, bits in _CLASSES_PER_WORD.items() if num_classes <= bits), torch.int64)
+
+
+def compact_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """labels in [0, num_classes] in the narrowest integer type that holds them (for the
+    memory-bound neighbour comparisons of label_edges)."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if num_classes <= torch.iinfo(dtype).max:
+            return labels.to(dtype)
+    return labels
 
 
 def _shifted(dy: int, dx: int, h: int, w: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
@@ -70,11 +88,15 @@ def _window_or(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 
 
 def class_bits(labels: torch.Tensor, mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, H, W) labels where mask -> (N, words, H, W) int64 bit sets: bit c % 63 of word c // 63
-    is set at the pixels of class c inside mask."""
+    """(N, H, W) labels where mask -> (N, words, H, W) bit sets of type word_type(num_classes):
+    bit c at the pixels of class c inside mask; beyond 63 classes, bit c % 63 of int64 word
+    c // 63."""
+    dtype = word_type(num_classes)
+    if num_classes <= _CLASSES_PER_WORD[dtype]:
+        bit = torch.ones((), dtype=dtype, device=labels.device) << labels.to(dtype)
+        return torch.where(mask, bit, 0).unsqueeze(1)  # labels outside mask may be any class
     words = -(-num_classes // CLASSES_PER_WORD)
-    if words == 1:
-        return torch.where(mask, 1 << labels.clamp(0, CLASSES_PER_WORD - 1), 0).unsqueeze(1)
+    labels = labels.long()
     bit = 1 << (labels % CLASSES_PER_WORD)
     bits = torch.zeros(labels.shape[0], words, *labels.shape[1:], dtype=torch.int64,
                        device=labels.device)  # fmt: skip
@@ -85,13 +107,15 @@ def class_bits(labels: torch.Tensor, mask: torch.Tensor, num_classes: int) -> to
 def has_class_bit(bits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(N, words, H, W) bit sets, (N, H, W) labels in [0, C) -> bool: the pixel's own class bit."""
     if bits.shape[1] == 1:
-        return ((bits.squeeze(1) >> labels) & 1).bool()
+        return ((bits.squeeze(1) >> labels.to(bits.dtype)) & 1).bool()
+    labels = labels.long()
     word = bits.gather(1, (labels // CLASSES_PER_WORD).unsqueeze(1)).squeeze(1)
     return ((word >> (labels % CLASSES_PER_WORD)) & 1).bool()
 
 
 def class_mask(bits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(N, words, H, W) bit sets -> (N, C, H, W) 0/1 int64, one channel per entry of classes.
-    Pure tensor ops, so it fuses into a compiled kernel (surrogates/surrogate.py)."""
-    word = bits.index_select(1, classes // CLASSES_PER_WORD)
-    return (word >> (classes % CLASSES_PER_WORD).view(1, -1, 1, 1)) & 1
+    """(N, words, H, W) bit sets -> (N, C, H, W) 0/1 of the word type, one channel per entry of
+    classes. Pure tensor ops, so it fuses into a compiled kernel (surrogates/surrogate.py)."""
+    per_word = _CLASSES_PER_WORD[bits.dtype] if bits.shape[1] == 1 else CLASSES_PER_WORD
+    word = bits.index_select(1, classes // per_word)
+    return (word >> (classes % per_word).to(bits.dtype).view(1, -1, 1, 1)) & 1

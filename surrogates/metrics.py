@@ -13,7 +13,13 @@ import math
 
 import torch
 
-from surrogates.boundary import class_bits, dilate_or, has_class_bit, label_edges
+from surrogates.boundary import (
+    class_bits,
+    compact_labels,
+    dilate_or,
+    has_class_bit,
+    label_edges,
+)
 
 _FIELDS = ("confmat", "bconfmat", "edges", "image_sums", "image_counts")
 # The numbers compute() returns, in the column order of every run file (trials.csv, metrics.csv):
@@ -100,9 +106,11 @@ class SegMetrics:
             self._add_image_scores(per_image_cm, None)
             return
 
-        gt_edges = label_edges(gt) & valid  # (N, H, W)
+        # the boundary part reads labels in the narrowest type (memory-bound passes)
+        gt_small, pred_small = compact_labels(gt, c), compact_labels(pred, c)
+        gt_edges = label_edges(gt_small) & valid  # (N, H, W)
         # prediction edges are not masked by void (A§1.4); unassigned pixels are no class's edge
-        pred_edges = label_edges(pred) & (pred < c)
+        pred_edges = label_edges(pred_small) & (pred_small < c)
 
         # biou: confusion matrix on the trimap = dilated (foreground) GT edges, valid pixels
         band_source = gt_edges & (gt != 0) if self.drop_background else gt_edges
@@ -111,21 +119,21 @@ class SegMetrics:
             c, columns
         )
 
-        edge_counts = self._edge_counts(gt, gt_edges, pred, pred_edges)  # (4, N, C)
+        edge_counts = self._edge_counts(gt, gt_small, gt_edges, pred, pred_small, pred_edges)
         self.state["edges"] += edge_counts.sum(1)
         self._add_image_scores(per_image_cm, edge_counts)
 
-    def _edge_counts(self, gt, gt_edges, pred, pred_edges) -> torch.Tensor:
+    def _edge_counts(self, gt, gt_small, gt_edges, pred, pred_small, pred_edges) -> torch.Tensor:
         """n_gt, n_pr, match_pr, match_gt per image and class: (4, N, C) int64 (A§1.4)."""
         c = self.num_classes
         n = gt.shape[0]
         # bit sets of the classes with an edge within r of each pixel (surrogates/boundary.py)
-        gt_near = dilate_or(class_bits(gt, gt_edges, c), self.tolerance)
-        pred_near = dilate_or(class_bits(pred, pred_edges, c), self.tolerance)
+        gt_near = dilate_or(class_bits(gt_small, gt_edges, c), self.tolerance)
+        pred_near = dilate_or(class_bits(pred_small, pred_edges, c), self.tolerance)
         # a predicted edge pixel of class k matches if a GT edge of class k is within r, and
         # vice versa
-        pred_matched = pred_edges & has_class_bit(gt_near, pred.clamp(max=c - 1))
-        gt_matched = gt_edges & has_class_bit(pred_near, gt.clamp(max=c - 1))
+        pred_matched = pred_edges & has_class_bit(gt_near, pred_small.clamp(max=c - 1))
+        gt_matched = gt_edges & has_class_bit(pred_near, gt_small.clamp(max=c - 1))
         image = torch.arange(n, device=gt.device).view(n, 1, 1) * c
         gt_bin, pred_bin = image + gt, image + pred
         counts = [

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surrogates.boundary import class_bits, class_mask, dilate_or, label_edges
+from surrogates.boundary import class_bits, class_mask, compact_labels, dilate_or, label_edges
 from surrogates.checks import check_finite, check_logits_target, debug_default, unknown_name
 from surrogates.curves import (
     METRIC_CURVES,
@@ -347,7 +347,7 @@ def _mean_over_groups(per_group: torch.Tensor, has_data: torch.Tensor) -> torch.
 
 def _gt_edges(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, H, W) GT edge pixels: void is one extra label, so class pixels next to void count."""
-    return label_edges(torch.where(valid, labels, num_classes)) & valid
+    return label_edges(compact_labels(torch.where(valid, labels, num_classes), num_classes)) & valid
 
 
 def _softmax(z):

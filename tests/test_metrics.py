@@ -7,7 +7,14 @@ import torch
 from helpers import blob_target
 
 from surrogates import METRIC_COLUMNS, METRICS, SegMetrics
-from surrogates.boundary import label_edges
+from surrogates.boundary import (
+    class_bits,
+    class_mask,
+    compact_labels,
+    dilate_or,
+    has_class_bit,
+    label_edges,
+)
 
 
 def compute(pred, target, num_classes, **kwargs):
@@ -236,23 +243,30 @@ def test_metric_columns_are_the_numbers_compute_returns():
     assert METRIC_COLUMNS[:6] == METRICS  # the run files' first six: the target metrics
 
 
-@pytest.mark.parametrize("num_classes", [5, 70])  # one int64 word of class bits, and two
+# one word of each type, each filled to its last usable bit (uint8 8, int16 15, int32 31, int64
+# 63 classes), and two int64 words
+WORDS = [(5, torch.uint8), (8, torch.uint8), (15, torch.int16), (21, torch.int32)]
+WORDS += [(31, torch.int32), (63, torch.int64), (70, torch.int64)]
+
+
+@pytest.mark.parametrize(("num_classes", "word"), WORDS)
 @pytest.mark.parametrize("radius", [0, 1, 3])
-def test_class_bit_dilation_is_the_one_hot_max_filter(num_classes, radius):
+@pytest.mark.parametrize("compact", [False, True])  # int64 labels, or compact_labels' type
+def test_class_bit_dilation_is_the_one_hot_max_filter(num_classes, word, radius, compact):
     """The bit-set dilation (all classes in one OR pass) against the plain definition: a max
     filter of each class's one-hot edge map."""
-    from surrogates.boundary import class_bits, class_mask, dilate_or, has_class_bit
-
     labels = blob_target(2, 13, 17, num_classes, seed=radius, void_fraction=0.0, cell=3)
-    mask = label_edges(labels)
+    labels[0, :3, :3] = num_classes - 1  # the last bit of the word is used
+    given = compact_labels(labels, num_classes) if compact else labels
+    mask = label_edges(given)
     one_hot = torch.nn.functional.one_hot(labels, num_classes).permute(0, 3, 1, 2)
     one_hot = (one_hot * mask.unsqueeze(1)).double()
     k = 2 * radius + 1
     expected = torch.nn.functional.max_pool2d(one_hot, k, stride=1, padding=radius) > 0.5
-    near = dilate_or(class_bits(labels, mask, num_classes), radius)
-    assert near.shape[1] == (1 if num_classes <= 63 else 2)
+    near = dilate_or(class_bits(given, mask, num_classes), radius)
+    assert near.dtype == word and near.shape[1] == (1 if num_classes <= 63 else 2)
     classes = torch.arange(num_classes)
     assert torch.equal(class_mask(near, classes).bool(), expected)
-    assert torch.equal(has_class_bit(near, labels), expected.gather(1, labels[:, None])[:, 0])
+    assert torch.equal(has_class_bit(near, given), expected.gather(1, labels[:, None])[:, 0])
     band = dilate_or(mask, radius)
     assert torch.equal(band, expected.any(1))
