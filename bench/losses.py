@@ -13,10 +13,12 @@ column is the budget relative to cross-entropy (issue 19): wall time 1.5x for th
 surrogates, 2x for biou, 5x for bf1, and saved memory 4x for bf1.
 
 Inputs: logits = randn * 2; targets are random blobs (a coarse 8 x 8 label grid upsampled with
-nearest, so edge density looks like real masks) with a few void (255) pixels.
+nearest, so edge density looks like real masks) with a few void (255) pixels, drawn from all 21
+classes, or with --classes K from K random classes per image (a VOC image holds 2-3).
 
-Run: ./launch.sh bench losses [--quick] [--threads N] [--profile LOSS]
-     (= .venv/bin/python bench/losses.py ...). SLS_COMPILE=0 measures the eager kernels.
+Run: ./launch.sh bench losses [--quick] [--threads N] [--classes K] [--losses bf1 ...]
+     [--profile LOSS] (= .venv/bin/python bench/losses.py ...). SLS_COMPILE=0 measures the
+     eager kernels.
 """
 
 import argparse
@@ -38,19 +40,26 @@ TARGETS = {"miou": 1.5, "fwiou": 1.5, "macc": 1.5, "gacc": 1.5, "biou": 2.0, "bf
 MEMORY_TARGETS = {"bf1": 4.0}
 
 
-def blob_target(n: int, h: int, w: int, num_classes: int, void_fraction: float = 0.005):
-    """(N, H, W) int64 labels: a coarse 8 x 8 random grid upsampled with nearest, plus void."""
+def blob_target(
+    n: int, h: int, w: int, num_classes: int, per_image: int | None = None, void: float = 0.005
+) -> torch.Tensor:
+    """(N, H, W) int64 labels: a coarse 8 x 8 random grid upsampled with nearest, plus void;
+    each image's grid drawn from per_image random classes (default: all)."""
     g = torch.Generator().manual_seed(0)
-    coarse = torch.randint(0, num_classes, (n, 1, 8, 8), generator=g)
+    coarse = torch.randint(0, per_image or num_classes, (n, 1, 8, 8), generator=g)
+    if per_image:  # the k-th class of each image's own random choice of classes
+        chosen = torch.stack([torch.randperm(num_classes, generator=g) for _ in range(n)])
+        coarse = chosen.gather(1, coarse.view(n, -1)).view_as(coarse)
     target = F.interpolate(coarse.float(), size=(h, w), mode="nearest")[:, 0].long()
-    void = torch.rand(n, h, w, generator=g) < void_fraction
-    return target.masked_fill(void, 255)
+    return target.masked_fill(torch.rand(n, h, w, generator=g) < void, 255)
 
 
-def make_losses() -> dict[str, nn.Module]:
-    losses = {name: build_loss(name) for name in BASELINES}
+def make_losses(names: list[str]) -> dict[str, nn.Module]:
+    """CE (the reference of every ratio) and the losses named."""
+    losses = {name: build_loss(name) for name in BASELINES if name == "ce" or name in names}
     for metric in METRICS:
-        losses[metric] = SurrogateLoss(metric, f"asl-voc-{metric}", num_classes=NUM_CLASSES)
+        if metric in names:
+            losses[metric] = SurrogateLoss(metric, f"asl-voc-{metric}", num_classes=NUM_CLASSES)
     return losses
 
 
@@ -96,10 +105,12 @@ def saved_mb(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> 
     return sum(storages.values()) / 2**20
 
 
-def bench_size(losses: dict[str, nn.Module], n: int, h: int, w: int, repeats: int) -> list[dict]:
+def bench_size(
+    losses: dict[str, nn.Module], n: int, h: int, w: int, repeats: int, per_image: int | None
+) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     logits = (torch.randn(n, NUM_CLASSES, h, w, generator=g) * 2).requires_grad_()
-    target = blob_target(n, h, w, NUM_CLASSES)
+    target = blob_target(n, h, w, NUM_CLASSES, per_image)
     rows = []
     for name, loss_fn in losses.items():
         ms, ce_ms = time_ms(loss_fn, losses["ce"], logits, target, repeats)
@@ -128,10 +139,10 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def profile(loss_fn: nn.Module, n: int, h: int, w: int) -> None:
+def profile(loss_fn: nn.Module, n: int, h: int, w: int, per_image: int | None) -> None:
     """Top operators by self CPU time for one forward + backward (after warm-up)."""
     logits = (torch.randn(n, NUM_CLASSES, h, w) * 2).requires_grad_()
-    target = blob_target(n, h, w, NUM_CLASSES)
+    target = blob_target(n, h, w, NUM_CLASSES, per_image)
     for _ in range(3):
         step(loss_fn, logits, target)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -143,8 +154,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="default: torch's own")
+    parser.add_argument(
+        "--classes", type=int, metavar="K", help="classes per image (default: all 21)"
+    )
+    names = [*BASELINES, *METRICS]
+    parser.add_argument("--losses", nargs="+", choices=names, default=names, help="default: all")
     parser.add_argument("--profile", metavar="LOSS", help="also profile this loss (e.g. bf1)")
     args = parser.parse_args()
+    if args.classes is not None and not 1 <= args.classes <= NUM_CLASSES:
+        parser.error(f"--classes must be in [1, {NUM_CLASSES}], got {args.classes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 15
@@ -154,17 +172,18 @@ def main() -> None:
     print(f"torch.compile of the fused kernels: {'on' if compile_on else 'off (SLS_COMPILE=0)'}")
     print(f"median of {repeats} repeats after 3 warm-up calls, alternating with CE\n")
 
-    losses = make_losses()
+    losses = make_losses(args.losses + ([args.profile] if args.profile else []))
+    per_image = f", {args.classes} classes per image" if args.classes else ""
     for n, h, w in SIZES:
-        print(f"### N={n}, C={NUM_CLASSES}, {h}x{w}\n")
-        print_table(bench_size(losses, n, h, w, repeats))
+        print(f"### N={n}, C={NUM_CLASSES}, {h}x{w}{per_image}\n")
+        print_table(bench_size(losses, n, h, w, repeats, args.classes))
         print()
     if compile_on and not surrogates.fused._enabled:
         print("note: torch.compile failed during the run; surrogates ran eager kernels\n")
     if args.profile:
         n, h, w = SIZES[0]
         print(f"### profile of {args.profile}, N={n}, {h}x{w}\n")
-        profile(losses[args.profile], n, h, w)
+        profile(losses[args.profile], n, h, w, args.classes)
 
 
 if __name__ == "__main__":

@@ -319,11 +319,19 @@ class SurrogateLoss(nn.Module):
         edges = _gt_edges(labels, valid, c)  # (N, H, W), no gradient
         near_gt = dilate_or(class_bits(labels, edges, c), self.tolerance)  # GT edge classes <= r
         image, y, x = edges.nonzero(as_tuple=True)
-        pair = image * c + labels[image, y, x]  # (image, class) of each GT edge pixel
-        n_pr, match_pr, match_gt = _SoftBoundarySums.apply(
-            z, self.tables, near_gt, pair, y, x, self.tolerance
-        )  # (N, C) each
-        n_gt = torch.bincount(pair, minlength=n * c).view(n, c).to(z.dtype)
+        edge_class = labels[image, y, x]
+        n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(z.dtype)
+        # Only classes with a GT edge somewhere in the batch (of every process, with sync) enter
+        # the mean below, and a class's soft edges depend on its own channel alone: the others
+        # are skipped (a VOC image holds 2-3 of the 21 classes).
+        with_edges = self._sync(n_gt.sum(0))[0] > 0
+        if not with_edges.any():  # no GT edge: S = 0 below; keep the kernels' usual shapes
+            with_edges[:] = True
+        classes = with_edges.nonzero().squeeze(1)
+        slot = torch.cumsum(with_edges, 0) - 1  # class -> its position in classes
+        pair = image * len(classes) + slot[edge_class]  # (image, slot) of each GT edge pixel
+        sums = _SoftBoundarySums.apply(z, self.tables, near_gt, classes, pair, y, x, self.tolerance)
+        n_pr, match_pr, match_gt = (z.new_zeros(n, c).index_copy(1, classes, s) for s in sums)
         sums = [self._by_group(s) for s in (n_gt, n_pr, match_pr, match_gt)]
         n_gt, n_pr, match_pr, match_gt = self._sync(*sums)
         precision = match_pr / (n_pr + self.eps)
@@ -391,11 +399,14 @@ def _window_max(padded_edges, first, offsets):
     return best, index.gather(1, where.unsqueeze(1)).squeeze(1)
 
 
-def _soft_edges_backward(p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall):
+def _soft_edges_backward(
+    p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall, p_all
+):
     """dLoss/dz from dLoss/dB = g_n_pr + g_match_pr [GT edge <= r] + g_recall (scattered to the
-    window maxima), through B(p, e(p)) and p = softmax(z). The erosion's gradient goes to each
-    window's minimum, found again as the neighbour equal to e (ties only happen at p = 0 or 1,
-    where the softmax backward zeroes the gradient anyway)."""
+    window maxima), through B(p, e(p)) and p = softmax(z) at channels `classes` (p_all: every
+    channel, or None when classes are all). The erosion's gradient goes to each window's
+    minimum, found again as the neighbour equal to e (ties only happen at p = 0 or 1, where the
+    softmax backward zeroes the gradient anyway)."""
     h, w = p.shape[-2:]
     near = class_mask(near_gt, classes).to(p.dtype)
     g_edges = g_n_pr.unsqueeze(-1).unsqueeze(-1) + g_match_pr.unsqueeze(-1).unsqueeze(-1) * near
@@ -408,7 +419,11 @@ def _soft_edges_backward(p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match
         e_there = e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
         g_there = g_e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
         grad = grad + torch.where(p == e_there, g_there, 0.0)
-    return p * (grad - (p * grad).sum(1, keepdim=True))  # through the softmax, to the logits
+    # through the softmax, to the logits: p_c (g_c - sum_k p_k g_k), g = 0 off `classes`
+    weighted = (p * grad).sum(1, keepdim=True)
+    if p_all is None:
+        return p * (grad - weighted)
+    return p_all * (torch.zeros_like(p_all).index_copy(1, classes, grad) - weighted)
 
 
 _WINDOW_3X3 = tuple((dy, dx) for dy in range(3) for dx in range(3))
@@ -469,16 +484,18 @@ class _SoftmaxSums(torch.autograd.Function):
 
 
 class _SoftBoundarySums(torch.autograd.Function):
-    """z -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate, with a hand-written
-    backward: it keeps p = softmax(z), its erosion e, dB/dp and dB/de, and the index of each GT
-    edge pixel's window maximum, instead of the eight curve tensors, the max-pool indices and
-    the dilated maps autograd would keep."""
+    """z -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate for the classes
+    given, with a hand-written backward: it keeps p = softmax(z), the erosion e, dB/dp and dB/de
+    of those classes, and the index of each GT edge pixel's window maximum, instead of the eight
+    curve tensors, the max-pool indices and the dilated maps autograd would keep."""
 
     @staticmethod
-    def forward(ctx, z, tables, near_gt, pair, y, x, radius):
-        n, c = z.shape[:2]
-        classes = torch.arange(c, device=z.device)
-        p = _fused_softmax(z)
+    def forward(ctx, z, tables, near_gt, classes, pair, y, x, radius):
+        """Sums (N, K) for the K channels `classes`; pair = image * K + slot of a GT edge pixel."""
+        n, c = len(z), len(classes)
+        p_all = _fused_softmax(z)
+        ctx.subset = c < z.shape[1]
+        p = p_all.index_select(1, classes) if ctx.subset else p_all
         e = _fused_erode(p)
         edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
         edges = edges.view_as(p)
@@ -498,19 +515,21 @@ class _SoftBoundarySums(torch.autograd.Function):
             + (argmax % wp - radius)
         )
         match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
-        ctx.save_for_backward(p, e, grad_p, grad_e, near_gt, classes, pair, argmax)
+        # p of the K classes is taken from p_all again in backward rather than kept
+        ctx.save_for_backward(p_all, e, grad_p, grad_e, near_gt, classes, pair, argmax)
         return n_pr, match_pr, match_gt
 
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
-        p, e, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
+        p_all, e, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
+        p = p_all.index_select(1, classes) if ctx.subset else p_all
         g_recall = torch.zeros_like(p).view(-1)  # each GT edge pixel's, at its window's max
         g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
         grad = _fused_soft_edges_backward(
             p, e, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
-            g_n_pr, g_match_pr, g_recall.view_as(p),
+            g_n_pr, g_match_pr, g_recall.view_as(p), p_all if ctx.subset else None,
         )  # fmt: skip
-        return grad, *([None] * 6)
+        return grad, *([None] * 7)
 
 
 class _AllReduceSum(torch.autograd.Function):

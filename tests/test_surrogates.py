@@ -327,3 +327,24 @@ def test_bf1_gradient_matches_the_reference_where_the_softmax_saturates():
     )
     assert abs(float(ours - ref)) < 1e-6
     assert torch.allclose(ours_grad, ref_grad, atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("drop_background", [False, True])
+def test_bf1_skips_classes_without_gt_edges_exactly(drop_background):
+    """Only classes with a GT edge in the batch are computed (a VOC image holds 2-3 of 21): the
+    loss and the gradient of every logit, the skipped channels' included, stay the reference's.
+    Classes 2 and 5 of 7 are absent."""
+    c = 7
+    logits = random_logits(2, c, 20, 18, seed=7)
+    blobs = blob_target(2, 20, 18, 5, seed=7)  # classes 0-4 and void
+    target = torch.where(blobs == 255, 255, torch.tensor([0, 1, 3, 4, 6])[blobs.clamp(max=4)])
+    loss = SurrogateLoss(
+        "bf1", PRESETS["asl-voc-bf1"], c, tolerance=2, drop_background=drop_background
+    )
+    ours, ours_grad = loss_and_grad(loss, logits, target)
+    ref, ref_grad = loss_and_grad(
+        lambda z, t: reference_loss("bf1", loss.theta, z, t, c, 2, drop_background), logits, target
+    )
+    assert abs(float(ours - ref)) < 1e-10
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-10, rtol=1e-6)
+    assert ours_grad[:, 2].abs().max() > 0  # absent classes still get the softmax's gradient
