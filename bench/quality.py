@@ -75,7 +75,16 @@ def loss_file(loss: str, metric: str, work: Path) -> Path:
 
 
 def seed_folder(loss: str, metric: str, seed: int, work: Path) -> Path:
+    """Where a retrain seed lives. A search whose export is cross-entropy (no surrogate beat CE
+    in its confirmation round) retrains exactly CE's runs: its row shares CE's folders."""
+    if loss == "searched" and exports_ce(metric, work):
+        loss = "ce"
     return work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}") / f"seed{seed}"
+
+
+def exports_ce(metric: str, work: Path) -> bool:
+    done = finished_run(work / f"search-{metric}", "summary.json")
+    return done is not None and json.loads((done / "summary.json").read_text())["loss"] == "ce"
 
 
 def retrain(file: Path, folder: Path, seed: int, threads: int | None) -> None:
@@ -100,7 +109,7 @@ def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: 
         seed_folder(loss, m, seed, work): (file, seed)
         for (loss, m), file in files.items()
         for seed in range(seeds)
-    }  # CE's folders are shared by every metric: the dict keeps one run each
+    }  # CE's folders are shared (every metric, a CE export): the dict keeps one run each
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     with ThreadPoolExecutor(jobs) as pool:
         pending = [pool.submit(retrain, f, folder, s, threads) for folder, (f, s) in runs.items()]
@@ -121,7 +130,7 @@ def collect(metric: str, seeds: int, work: Path) -> dict[str, list[dict]]:
     return results
 
 
-def table(metric: str, results: dict[str, list[dict]]) -> str:
+def table(metric: str, results: dict[str, list[dict]], ce_export: bool) -> str:
     header = [f"{m}*" if m == metric else m for m in METRICS]
     lines = [
         f"### target {metric}",
@@ -145,6 +154,8 @@ def table(metric: str, results: dict[str, list[dict]]) -> str:
         gain, spread = ours - ce, max(our_std, ce_std)
         verdict = "beats CE by more than the seed spread" if gain > spread else "does not"
         lines += ["", f"searched - CE on {metric}: {gain:+.2f} (spread {spread:.2f}): {verdict}"]
+        if ce_export:
+            lines[-1] += " (the search exported cross-entropy: the searched row is CE's runs)"
     return "\n".join(lines)
 
 
@@ -172,7 +183,7 @@ def main() -> None:
     tables = []
     for metric in args.metrics:
         results = collect(metric, args.seeds, work)
-        tables.append(table(metric, results))
+        tables.append(table(metric, results, exports_ce(metric, work)))
         (work / "quality.md").write_text("\n\n".join(tables) + "\n")  # partial results too
     print("\n\n".join(tables))
 
