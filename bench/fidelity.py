@@ -11,16 +11,20 @@ A low correlation says the proxy ranks losses differently from a full training: 
 winners less, or make the proxy longer.
 
 The retrains live in fixed folders under --work (default: RUN_DIR/fidelity): a rerun skips the
-finished ones and resumes interrupted ones; --table-only reports what has finished.
+finished ones and resumes interrupted ones; --table-only reports what has finished. --jobs N
+runs N retrains at once, each on cores / N threads with its log in its folder.
 
-Run: ./launch.sh bench fidelity RUN_DIR [--losses 8] [--seed 0] [--work DIR] [--table-only]
-                                 [key=value ...]   (retrain overrides: retrain.fit.iterations=...)
+Run: ./launch.sh bench fidelity RUN_DIR [--losses 8] [--seed 0] [--jobs 1] [--work DIR]
+                                 [--table-only] [key=value ...]
+                                 (key=value: retrain overrides, e.g. retrain.fit.iterations=...)
 """
 
 import argparse
 import csv
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import scipy.stats
@@ -73,24 +77,30 @@ def ce_proxy_reward(cfg: configs.Config, work: Path, run: bool) -> float | None:
     return json.loads(path.read_text())[cfg.search.metric]
 
 
-def retrain(name: str, loss: dict, cfg: configs.Config, args: argparse.Namespace) -> dict | None:
-    """final.json of the retrain of `loss`, run or resumed here unless --table-only."""
+def retrain(name: str, loss: dict, cfg: configs.Config, args: argparse.Namespace) -> None:
+    """The retrain of `loss` under --work/name, run or resumed unless it has finished."""
     work = Path(args.work)
     folder = work / name
-    done = finished_run(folder, "final.json")
-    if done is None and not args.table_only:
-        started = list(folder.glob("*/checkpoints"))
-        if started:
-            launch("retrain", "--resume", str(started[0].parent))
-        else:
-            file = work / f"{name}.yaml"
-            data = {"name": cfg.data.name, "params": dict(cfg.data.params)}
-            file.write_text(yaml.safe_dump({"loss": loss, "data": data}, sort_keys=False))
-            launch(
-                "retrain", str(file), f"data.root={cfg.data.root}",
-                f"retrain.fit.seed={args.seed}", *args.overrides, f"--results={folder}",
-            )  # fmt: skip
-        done = finished_run(folder, "final.json")
+    if finished_run(folder, "final.json"):
+        return
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    log = folder / "retrain.log" if threads else None
+    started = list(folder.glob("*/checkpoints"))
+    if started:
+        launch("retrain", "--resume", str(started[0].parent), log=log, threads=threads)
+        return
+    file = work / f"{name}.yaml"
+    dataset = {"name": cfg.data.name, "params": dict(cfg.data.params)}
+    file.write_text(yaml.safe_dump({"loss": loss, "data": dataset}, sort_keys=False))
+    launch(
+        "retrain", str(file), f"data.root={cfg.data.root}", f"retrain.fit.seed={args.seed}",
+        *args.overrides, f"--results={folder}", log=log, threads=threads,
+    )  # fmt: skip
+
+
+def retrained(name: str, args: argparse.Namespace) -> dict | None:
+    """final.json of a finished retrain, else None."""
+    done = finished_run(Path(args.work) / name, "final.json")
     return json.loads((done / "final.json").read_text()) if done else None
 
 
@@ -120,6 +130,7 @@ def main() -> int:
     parser.add_argument("run_dir", help="a finished search run folder")
     parser.add_argument("--losses", type=int, default=8, help="searched losses to retrain")
     parser.add_argument("--seed", type=int, default=0, help="the retrains' seed")
+    parser.add_argument("--jobs", type=int, default=1, help="retrains at once (cores / N threads)")
     parser.add_argument("--work", help="where the retrains go (default RUN_DIR/fidelity)")
     parser.add_argument("--table-only", action="store_true", help="report what has finished")
     parser.add_argument("overrides", nargs="*", help="key=value for every retrain")
@@ -130,6 +141,8 @@ def main() -> int:
         fail(f"{run_dir} is not a finished search run folder (no summary.json and trials.csv)")
     if args.losses < 2:
         fail(f"--losses must be >= 2 (a rank correlation needs two), got {args.losses}")
+    if args.jobs < 1:
+        fail(f"--jobs must be >= 1, got {args.jobs}")
     cfg = configs.load(run_dir / "config.yaml")
     metric = cfg.search.metric
     work = Path(args.work or run_dir / "fidelity").resolve()
@@ -138,17 +151,23 @@ def main() -> int:
     with open(run_dir / "trials.csv") as f:
         trials = list(csv.DictReader(f))
     picked = pick_losses(trials, args.losses, cfg.proxy.fit.iterations)
-    rows = []
+    losses = {}  # name -> (loss section, proxy reward)
     for row in picked:
-        name = f"step{row['step']}-sample{row['sample']}"
         raw = [float(row[key]) for key in raw_keys(sum(k.startswith("raw_") for k in row))]
-        final = retrain(name, loss_section(cfg.search, raw), cfg, args)
-        if final:
-            rows.append({"loss": name, "proxy": float(row["reward"]), "retrained": final[metric]})
-    final = retrain("cross-entropy", {"name": "ce"}, cfg, args)
+        name = f"step{row['step']}-sample{row['sample']}"
+        losses[name] = (loss_section(cfg.search, raw), float(row["reward"]))
     proxy = ce_proxy_reward(cfg, work, run=not args.table_only)
-    if final and proxy is not None:
-        rows.append({"loss": "cross-entropy", "proxy": proxy, "retrained": final[metric]})
+    losses["cross-entropy"] = ({"name": "ce"}, proxy)
+    if not args.table_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            pending = [pool.submit(retrain, n, loss, cfg, args) for n, (loss, _) in losses.items()]
+            for future in pending:
+                future.result()  # the first failure stops the benchmark with its error
+    rows = []
+    for name, (_, proxy) in losses.items():
+        final = retrained(name, args)
+        if final and proxy is not None:
+            rows.append({"loss": name, "proxy": proxy, "retrained": final[metric]})
     with open(work / "fidelity.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["loss", "proxy", "retrained"])
         writer.writeheader()

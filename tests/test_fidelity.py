@@ -51,11 +51,14 @@ def test_bench_fidelity_retrains_the_picked_losses_and_ce(tmp_path):
     retrain = ["retrain.fit.iterations=6", "retrain.fit.batch_size=4", "retrain.crop_size=24"]
     retrain += ["retrain.model_args={width: 8}", "retrain.fit.eval_every=0"]
     command = [str(REPO / "launch.sh"), "bench", "fidelity", str(run_dir), "--losses", "3"]
-    done = subprocess.run([*command, *retrain], capture_output=True, text=True, timeout=900)
+    jobs = ["--jobs", "2"]  # two retrains at once, each logging into its folder
+    done = subprocess.run([*command, *jobs, *retrain], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     with open(run_dir / "fidelity" / "fidelity.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and rows[-1]["loss"] == "cross-entropy"
+    for row in rows:
+        assert "[retrain] done" in (run_dir / "fidelity" / row["loss"] / "retrain.log").read_text()
     assert "Kendall tau" in done.stdout and (run_dir / "fidelity" / "fidelity.png").is_file()
     with open(run_dir / "trials.csv") as f:
         searched = [float(r["reward"]) for r in csv.DictReader(f) if r["phase"] == "search"]
