@@ -4,7 +4,7 @@
         propose_step        the controller proposes the step's samples (jobs)
         record_result       each trained proxy's result, as it comes in
         promote             successive halving (search.rungs > 1): the best 1/reduction of a
-                            rung, and the policy mean, continue from their checkpoints
+                            rung (and ties), and the policy mean, continue from checkpoints
         close_step          the step's rewards -> the controller's update, a policy.csv row
     open_confirmation       the final mean, the top-k samples, the baselines, new seeds each
     record_result           ... the confirmation trials
@@ -103,13 +103,15 @@ def promote(state: SearchState, cfg: Config) -> None:
     for (rung_sizes) continue to the next rung from their checkpoints (same seed, same
     schedule: exactly the model a straight training would reach). Sample 0, the policy mean,
     always continues: it is the baseline each sample's advantage is measured against at the
-    sample's last rung (close_step)."""
+    sample's last rung (close_step). Samples tied with the last one kept continue too: a rung
+    that cannot rank them prunes none (early in training every model of a step can predict
+    background alone, and score the same gAcc or FWIoU)."""
     rows = _round_records(state)
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -r["reward"])
     if not ok:
         raise SearchFailed(f"every trial of step {state.step} rung {state.rung} failed")
-    keep = ok[: rung_sizes(cfg)[state.rung + 1]]
-    keep += [r for r in ok[len(keep) :] if r["sample"] == 0]
+    cut = ok[min(rung_sizes(cfg)[state.rung + 1], len(ok)) - 1]["reward"]
+    keep = [r for r in ok if r["reward"] >= cut or r["sample"] == 0]
     state.rung += 1
     state.queue = [
         {
@@ -437,7 +439,7 @@ def progress_line(state: SearchState, cfg: Config, running: int, elapsed: float)
     failed = sum(r["status"] != "ok" for r in state.records)
     ok = [r["reward"] for r in state.records if r["status"] == "ok" and _full_budget(r, cfg)]
     best = f"{100 * max(ok):.2f}" if ok else "-"
-    # closed steps as they ran; the others at most their rungs' sizes plus the policy mean
+    # closed steps as they ran; the others their rungs' planned sizes plus the policy mean
     closed = len(state.policy_rows)
     search_trials = sum(r["phase"] == "search" and r["step"] <= closed for r in state.records)
     search_trials += (cfg.ppo.steps - closed) * (sum(rung_sizes(cfg)) + cfg.search.rungs - 1)

@@ -463,6 +463,24 @@ def test_successive_halving_continues_the_best_and_the_mean_from_their_checkpoin
     assert top and all(tuple(raw_of(c)) in full for c in top)  # only full-budget samples
 
 
+def test_samples_tied_at_a_rung_all_continue(tmp_path):
+    """Every sample scores the same on the first rung (every model still predicts background):
+    nothing can be ranked, so all 8 continue; the second rung ranks them and halves again."""
+
+    def flat_then_toy(config):
+        result = rung_result(config)
+        if config["rung"] == 0:
+            result["miou"] = 0.25
+        return result
+
+    suggested = drive(tune_searcher(halving_config(tmp_path), tmp_path), results=flat_then_toy)
+    step1 = [c for c in suggested if c["phase"] == "search" and c["step"] == 1]
+    rungs = [[c for c in step1 if c["rung"] == k] for k in range(3)]
+    assert len(rungs[0]) == 8 and {c["sample"] for c in rungs[1]} == set(range(8))
+    best2 = sorted(rungs[1], key=lambda c: -raw_of(c)[0])[:2]
+    assert {c["sample"] for c in rungs[2]} == {c["sample"] for c in best2} | {0}
+
+
 def test_a_trial_that_fails_at_a_rung_stops_there_and_counts_with_that_rungs_worst(tmp_path):
     cfg = halving_config(tmp_path)
     searcher = tune_searcher(cfg, tmp_path)
