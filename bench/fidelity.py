@@ -22,14 +22,13 @@ Run: ./launch.sh bench fidelity RUN_DIR [--losses 8] [--seed 0] [--jobs 1] [--wo
 import argparse
 import csv
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import scipy.stats
 import yaml
-from quality import finished_run, launch  # bench/quality.py: the same resumable runs
+from quality import finished_run, launch, threads_per_job  # bench/quality.py: same runs
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
 from experiments.config import fail
@@ -83,7 +82,7 @@ def retrain(name: str, loss: dict, cfg: configs.Config, args: argparse.Namespace
     folder = work / name
     if finished_run(folder, "final.json"):
         return
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    threads = threads_per_job(args.jobs)
     log = folder / "retrain.log" if threads else None
     started = list(folder.glob("*/checkpoints"))
     if started:

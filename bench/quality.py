@@ -43,6 +43,11 @@ def launch(*args: str, log: Path | None = None, threads: int | None = None) -> N
         subprocess.run(command, check=True, env=env, stdout=out, stderr=out)
 
 
+def threads_per_job(jobs: int) -> int | None:
+    """Threads of each of `jobs` retrains run at once: cores / jobs; None (torch's own) alone."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+
 def finished_run(folder: Path, marker: str) -> Path | None:
     runs = [p for p in folder.glob("*") if (p / marker).is_file()] if folder.is_dir() else []
     return runs[0] if runs else None
@@ -110,7 +115,7 @@ def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: 
         for (loss, m), file in files.items()
         for seed in range(seeds)
     }  # CE's folders are shared (every metric, a CE export): the dict keeps one run each
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    threads = threads_per_job(jobs)
     with ThreadPoolExecutor(jobs) as pool:
         pending = [pool.submit(retrain, f, folder, s, threads) for folder, (f, s) in runs.items()]
         for future in pending:
