@@ -94,12 +94,15 @@ class SegMetrics:
         device = pred.device
         self.state = {k: v.to(device) for k, v in self.state.items()}
         valid = (target >= 0) & (target < c)
-        gt = torch.where(valid, target, c)  # every void label becomes the single value C
+        # labels and bin indices in int32 where they fit: half the memory traffic of int64
+        index_type = torch.int32 if n * c * (c + 1) < 2**31 else torch.int64
+        pred = pred.to(index_type)
+        gt = torch.where(valid, target.to(index_type), c)  # every void label becomes C
 
         # per-image confusion matrices (N, C, C+1) in one bincount; their sum is the batch's
         columns = c + 1
-        image_index = torch.arange(n, device=device).view(n, 1, 1) * (c * columns)
-        pairs = image_index + gt * columns + pred
+        image_index = torch.arange(n, device=device, dtype=index_type).view(n, 1, 1)
+        pairs = (image_index * c + gt) * columns + pred
         per_image_cm = _masked_bincount(pairs, valid, n * c * columns).view(n, c, columns)
         self.state["confmat"] += per_image_cm.sum(0)
         if not self.boundary:
@@ -115,9 +118,8 @@ class SegMetrics:
         # biou: confusion matrix on the trimap = dilated (foreground) GT edges, valid pixels
         band_source = gt_edges & (gt != 0) if self.drop_background else gt_edges
         in_band = dilate_or(band_source, self.tolerance) & valid
-        self.state["bconfmat"] += _masked_bincount(gt * columns + pred, in_band, c * columns).view(
-            c, columns
-        )
+        band_cm = _masked_bincount(gt * columns + pred, in_band, c * columns)
+        self.state["bconfmat"] += band_cm.view(c, columns)
 
         edge_counts = self._edge_counts(gt, gt_small, gt_edges, pred, pred_small, pred_edges)
         self.state["edges"] += edge_counts.sum(1)
@@ -132,17 +134,18 @@ class SegMetrics:
         pred_near = dilate_or(class_bits(pred_small, pred_edges, c), self.tolerance)
         # a predicted edge pixel of class k matches if a GT edge of class k is within r, and
         # vice versa
-        pred_matched = pred_edges & has_class_bit(gt_near, pred_small.clamp(max=c - 1))
-        gt_matched = gt_edges & has_class_bit(pred_near, gt_small.clamp(max=c - 1))
-        image = torch.arange(n, device=gt.device).view(n, 1, 1) * c
-        gt_bin, pred_bin = image + gt, image + pred
-        counts = [
-            _masked_bincount(gt_bin, gt_edges, n * c),
-            _masked_bincount(pred_bin, pred_edges, n * c),
-            _masked_bincount(pred_bin, pred_matched, n * c),
-            _masked_bincount(gt_bin, gt_matched, n * c),
-        ]
-        return torch.stack(counts).view(4, n, c)
+        pred_matched = has_class_bit(gt_near, pred_small.clamp(max=c - 1))
+        gt_matched = has_class_bit(pred_near, gt_small.clamp(max=c - 1))
+        # one bincount per side: bins [0, NC) count the unmatched edge pixels of each (image,
+        # class), bins [NC, 2NC) the matched ones (masks converted first: int * bool runs a
+        # slow mixed-type loop)
+        image = torch.arange(n, device=gt.device, dtype=gt.dtype).view(n, 1, 1) * c
+        gt_bins = image + gt + gt_matched.to(gt.dtype) * (n * c)
+        pred_bins = image + pred + pred_matched.to(gt.dtype) * (n * c)
+        gt_side = _masked_bincount(gt_bins, gt_edges, 2 * n * c)
+        pred_side = _masked_bincount(pred_bins, pred_edges, 2 * n * c)
+        gt_side, pred_side = gt_side.view(2, n, c), pred_side.view(2, n, c)
+        return torch.stack([gt_side.sum(0), pred_side.sum(0), pred_side[1], gt_side[1]])
 
     def _add_image_scores(self, per_image_cm: torch.Tensor, edge_counts: torch.Tensor | None):
         """miou_image: classes in the image's GT or prediction; bf1_image: per-image BF score
@@ -287,6 +290,7 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 def _masked_bincount(index: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
-    """bincount of index where mask, without x[mask] (a nonzero + copy, the slow part here):
-    masked-out entries go to one extra bin that is dropped."""
-    return torch.bincount(torch.where(mask, index, size).view(-1), minlength=size + 1)[:size]
+    """bincount of index in [0, size) where mask, without x[mask] (a nonzero + copy): entries
+    shift by one and masked-out ones become 0, a bin that is dropped. A product, not
+    torch.where(mask, index, size): where with a scalar runs 6x slower on CPU."""
+    return torch.bincount(((index + 1) * mask.to(index.dtype)).view(-1), minlength=size + 1)[1:]
