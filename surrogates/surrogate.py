@@ -19,9 +19,10 @@ channel (N x H x W values), and U_c = |Y_c| + sum over all channels of m h_U(p_c
 channel, so no one-hot tensor is built. The softmax and the union curve run fused, with a
 hand-written backward that keeps only the logits and the log-sum-exp (`_SoftmaxSums`). bf1 needs
 the dilated GT edges only as "a GT edge of class c within r" (bit sets, surrogates/boundary.py)
-and the dilated soft edges only at the GT edge pixels (`_window_max`), so no N x C x H x W max
-filter runs; its backward is hand-written too (`_SoftBoundarySums`). The kernels are compiled
-(surrogates/fused.py).
+and the dilated soft edges only at the GT edge pixels (`_window_max`, over the rows' running
+maxima), so no N x C x H x W square max filter runs; its backward is hand-written too
+(`_SoftBoundarySums`) and sends the gradient of every min and max to the same window entry as the
+reference's max_pool2d, ties included. The kernels are compiled (surrogates/fused.py).
 """
 
 from collections.abc import Sequence
@@ -363,13 +364,20 @@ def _softmax(z):
 
 
 def _erode(p):
-    """3x3 erosion (min filter) of each channel; pixels outside the image are ignored."""
+    """3x3 erosion (min filter) of each channel, pixels outside the image ignored, and which
+    window entry (row-major, `_WINDOW_3X3`) is each window's first minimum: the one the
+    reference's max_pool2d picks, and the only one its gradient reaches. The entry is a float
+    (0-8): inductor's integer selects run 2x slower here."""
     h, w = p.shape[-2:]
     padded = F.pad(p, (1, 1, 1, 1), value=float("inf"))
-    e = padded[..., 0:h, 0:w]
-    for dy, dx in _WINDOW_3X3[1:]:
-        e = torch.minimum(e, padded[..., dy : dy + h, dx : dx + w])
-    return e
+    entries = [padded[..., dy : dy + h, dx : dx + w] for dy, dx in _WINDOW_3X3]
+    e = entries[0]
+    for there in entries[1:]:
+        e = torch.minimum(e, there)
+    first_min = torch.full_like(e, len(entries) - 1)
+    for i in reversed(range(len(entries) - 1)):  # the lowest entry equal to e wins
+        first_min = torch.where(entries[i] == e, float(i), first_min)
+    return e, first_min
 
 
 def _soft_edges(p, e, tables):
@@ -389,36 +397,47 @@ def _edge_sums(edges, near_gt, classes):
     return edges.sum((2, 3)), (edges * near).sum((2, 3))
 
 
-def _window_max(padded_edges, first, offsets):
+def _row_max(padded, k):
+    """Max over each horizontal run of k pixels: out[..., j] = max(padded[..., j : j + k]),
+    built by doubling (widths 1, 2, 4, ... k), ~log2(k) passes instead of k."""
+    width = 1
+    while width < k:
+        step = min(width, k - width)
+        length = padded.shape[-1] - step
+        padded = torch.maximum(padded[..., :length], padded[..., step : step + length])
+        width += step
+    return padded
+
+
+def _window_max(row_max, first, offsets):
     """For each GT edge pixel: the max of its class's soft edges over the square window, and
-    where it is (the first in row-major order on ties, as max_pool2d picks). padded_edges: B
-    padded by r with -inf, flattened; first: each window's top-left flat index; offsets: the
-    window's flat offsets. Only the GT edge pixels, not all (N, C, H, W): recall needs no more."""
-    index = first.unsqueeze(1) + offsets
-    best, where = padded_edges[index].max(1)
-    return best, index.gather(1, where.unsqueeze(1)).squeeze(1)
+    which of the window's rows holds it first. row_max: the rows' maxima (`_row_max` of B
+    padded by r with -inf), flattened; first: the flat index of each window's top row;
+    offsets: the flat offsets of the window's rows. Only the GT edge pixels, not all
+    (N, C, H, W): recall needs no more."""
+    return row_max[first.unsqueeze(1) + offsets].max(1)
 
 
 def _soft_edges_backward(
-    p, e, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall, p_all
+    p, first_min, grad_p, grad_e, near_gt, classes, g_n_pr, g_match_pr, g_recall, p_all
 ):
     """dLoss/dz from dLoss/dB = g_n_pr + g_match_pr [GT edge <= r] + g_recall (scattered to the
     window maxima), through B(p, e(p)) and p = softmax(z) at channels `classes` (p_all: every
-    channel, or None when classes are all). The erosion's gradient goes to each window's
-    minimum, found again as the neighbour equal to e (ties only happen at p = 0 or 1, where the
-    softmax backward zeroes the gradient anyway)."""
+    channel, or None when classes are all). The erosion's gradient goes to each window's first
+    minimum (first_min, from `_erode`)."""
     h, w = p.shape[-2:]
     near = class_mask(near_gt, classes).to(p.dtype)
     g_edges = g_n_pr.unsqueeze(-1).unsqueeze(-1) + g_match_pr.unsqueeze(-1).unsqueeze(-1) * near
     g_edges = g_edges + g_recall
-    # pixel (y, x) is in the windows of (y + 1 - dy, x + 1 - dx): pad e with NaN (never equal)
-    e_padded = F.pad(e, (1, 1, 1, 1), value=float("nan"))
+    # pixel (y, x) is the (dy, dx) entry of the window of (y + 1 - dy, x + 1 - dx) and gets
+    # that window's gradient if it is its first minimum (pad: -1, no window entry)
+    first_padded = F.pad(first_min, (1, 1, 1, 1), value=-1.0)
     g_e_padded = F.pad(g_edges * grad_e, (1, 1, 1, 1))
     grad = g_edges * grad_p
-    for dy, dx in _WINDOW_3X3:
-        e_there = e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
+    for i, (dy, dx) in enumerate(_WINDOW_3X3):
+        first_there = first_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
         g_there = g_e_padded[..., 2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
-        grad = grad + torch.where(p == e_there, g_there, 0.0)
+        grad = grad + torch.where(first_there == i, g_there, 0.0)
     # through the softmax, to the logits: p_c (g_c - sum_k p_k g_k), g = 0 off `classes`
     weighted = (p * grad).sum(1, keepdim=True)
     if p_all is None:
@@ -431,6 +450,7 @@ _fused_softmax = fused(_softmax)
 _fused_erode = fused(_erode)
 _fused_soft_edges = fused(_soft_edges)
 _fused_edge_sums = fused(_edge_sums)
+_fused_row_max = fused(_row_max)
 _fused_window_max = fused(_window_max)
 _fused_soft_edges_backward = fused(_soft_edges_backward)
 
@@ -485,8 +505,8 @@ class _SoftmaxSums(torch.autograd.Function):
 
 class _SoftBoundarySums(torch.autograd.Function):
     """z -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate for the classes
-    given, with a hand-written backward: it keeps p = softmax(z), the erosion e, dB/dp and dB/de
-    of those classes, and the index of each GT edge pixel's window maximum, instead of the eight
+    given, with a hand-written backward: it keeps p = softmax(z), each erosion window's first
+    minimum, dB/dp and dB/de of those classes, and the index of each GT edge pixel's window maximum, instead of the eight
     curve tensors, the max-pool indices and the dilated maps autograd would keep."""
 
     @staticmethod
@@ -496,18 +516,22 @@ class _SoftBoundarySums(torch.autograd.Function):
         p_all = _fused_softmax(z)
         ctx.subset = c < z.shape[1]
         p = p_all.index_select(1, classes) if ctx.subset else p_all
-        e = _fused_erode(p)
+        e, first_min = _fused_erode(p)
         edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
         edges = edges.view_as(p)
         n_pr, match_pr = _fused_edge_sums(edges, near_gt, classes)
-        # recall needs max_window B at each GT edge pixel, for its own class
+        # recall needs max_window B at each GT edge pixel, for its own class: the max over the
+        # window's rows of each row's max, then the first column in that row that holds it (on
+        # ties the first in row-major order, as max_pool2d picks)
         h, w = p.shape[-2:]
-        hp, wp = h + 2 * radius, w + 2 * radius
+        hp, wp, k = h + 2 * radius, w + 2 * radius, 2 * radius + 1
         padded = F.pad(edges, (radius,) * 4, value=float("-inf"))
-        first = (pair * hp + y) * wp + x  # the window of (y, x) starts there
-        k = torch.arange(2 * radius + 1, device=p.device)
-        offsets = (k.unsqueeze(1) * wp + k).reshape(-1)  # row-major window order
-        best, argmax = _fused_window_max(padded.view(-1), first, offsets)
+        row_max = _fused_row_max(padded, k)  # (N, K, hp, w)
+        window = torch.arange(k, device=p.device)
+        best, row = _fused_window_max(row_max.view(-1), (pair * hp + y) * w + x, window * w)
+        row_start = (pair * hp + y + row) * wp + x  # in padded B
+        in_row = padded.view(-1)[row_start.unsqueeze(1) + window] == best.unsqueeze(1)
+        argmax = row_start + in_row.byte().argmax(1)  # argmax returns the first maximum
         # flat index in padded B -> in B
         argmax = (
             (argmax // (hp * wp)) * (h * w)
@@ -516,17 +540,17 @@ class _SoftBoundarySums(torch.autograd.Function):
         )
         match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
         # p of the K classes is taken from p_all again in backward rather than kept
-        ctx.save_for_backward(p_all, e, grad_p, grad_e, near_gt, classes, pair, argmax)
+        ctx.save_for_backward(p_all, first_min, grad_p, grad_e, near_gt, classes, pair, argmax)
         return n_pr, match_pr, match_gt
 
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
-        p_all, e, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
+        p_all, first_min, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
         p = p_all.index_select(1, classes) if ctx.subset else p_all
         g_recall = torch.zeros_like(p).view(-1)  # each GT edge pixel's, at its window's max
         g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
         grad = _fused_soft_edges_backward(
-            p, e, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
+            p, first_min, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
             g_n_pr, g_match_pr, g_recall.view_as(p), p_all if ctx.subset else None,
         )  # fmt: skip
         return grad, *([None] * 7)

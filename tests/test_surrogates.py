@@ -329,6 +329,22 @@ def test_bf1_gradient_matches_the_reference_where_the_softmax_saturates():
     assert torch.allclose(ours_grad, ref_grad, atol=1e-7, rtol=1e-4)
 
 
+def test_bf1_gradient_matches_the_reference_on_plateaus():
+    """Blocky logits: the soft edges are constant over plateaus and p stays inside (0, 1), so a
+    dilation window holds several equal maxima that carry gradient. The one that gets it must be
+    the first in row-major order, as the reference's max_pool2d picks."""
+    coarse = random_logits(2, C, 6, 5, seed=7)
+    logits = coarse.repeat_interleave(4, 2).repeat_interleave(4, 3)  # 4 x 4 plateaus
+    target = blob_target(2, 24, 20, C, seed=7)
+    loss = SurrogateLoss("bf1", PRESETS["asl-voc-bf1"], C, tolerance=2)
+    ours, ours_grad = loss_and_grad(loss, logits, target)
+    ref, ref_grad = loss_and_grad(
+        lambda z, t: reference_loss("bf1", loss.theta, z, t, C, tolerance=2), logits, target
+    )
+    assert abs(float(ours - ref)) < 1e-10
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-12, rtol=1e-9)
+
+
 @pytest.mark.parametrize("drop_background", [False, True])
 def test_bf1_skips_classes_without_gt_edges_exactly(drop_background):
     """Only classes with a GT edge in the batch are computed (a VOC image holds 2-3 of 21): the
