@@ -506,8 +506,9 @@ class _SoftmaxSums(torch.autograd.Function):
 class _SoftBoundarySums(torch.autograd.Function):
     """z -> per (image, class) n_pr, match_pr, match_gt of the bf1 surrogate for the classes
     given, with a hand-written backward: it keeps p = softmax(z), each erosion window's first
-    minimum, dB/dp and dB/de of those classes, and the index of each GT edge pixel's window maximum, instead of the eight
-    curve tensors, the max-pool indices and the dilated maps autograd would keep."""
+    minimum, dB/dp and dB/de of those classes, and the index of each GT edge pixel's window
+    maximum, instead of the eight curve tensors, the max-pool indices and the dilated maps
+    autograd would keep."""
 
     @staticmethod
     def forward(ctx, z, tables, near_gt, classes, pair, y, x, radius):
