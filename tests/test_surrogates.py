@@ -312,36 +312,35 @@ def test_boundary_surrogates_match_the_reference_beyond_63_classes(metric):
     assert torch.allclose(ours_grad, ref_grad, atol=1e-10, rtol=1e-6)
 
 
-def test_bf1_gradient_matches_the_reference_where_the_softmax_saturates():
-    """Large logits: many probabilities are exactly 0 or 1 in float32, so erosion windows and
-    dilation windows hold ties. The hand-written backward finds the erosion's minimum by
-    equality and the window maximum as the first in row-major order; the gradient must still be
-    the reference's (max_pool2d) one."""
-    logits = random_logits(2, C, 24, 20, seed=5, dtype=torch.float32, scale=40.0)
-    target = blob_target(2, 24, 20, C, seed=5)
-    assert (torch.softmax(logits, 1) == 1).sum() > 100  # the ties this test is about
+def bf1_against_reference(logits, target):
+    """(loss difference, our gradient, the reference's) of the asl-voc-bf1 surrogate, r = 2."""
     loss = SurrogateLoss("bf1", PRESETS["asl-voc-bf1"], C, tolerance=2)
     ours, ours_grad = loss_and_grad(loss, logits, target)
     ref, ref_grad = loss_and_grad(
         lambda z, t: reference_loss("bf1", loss.theta, z, t, C, tolerance=2), logits, target
     )
-    assert abs(float(ours - ref)) < 1e-6
+    return abs(float(ours - ref)), ours_grad, ref_grad
+
+
+def test_bf1_gradient_matches_the_reference_where_the_softmax_saturates():
+    """Large logits: many probabilities are exactly 0 or 1 in float32, so erosion windows and
+    dilation windows hold ties; the gradient must still be the reference's (max_pool2d) one."""
+    logits = random_logits(2, C, 24, 20, seed=5, dtype=torch.float32, scale=40.0)
+    target = blob_target(2, 24, 20, C, seed=5)
+    assert (torch.softmax(logits, 1) == 1).sum() > 100  # the ties this test is about
+    difference, ours_grad, ref_grad = bf1_against_reference(logits, target)
+    assert difference < 1e-6
     assert torch.allclose(ours_grad, ref_grad, atol=1e-7, rtol=1e-4)
 
 
 def test_bf1_gradient_matches_the_reference_on_plateaus():
-    """Blocky logits: the soft edges are constant over plateaus and p stays inside (0, 1), so a
-    dilation window holds several equal maxima that carry gradient. The one that gets it must be
-    the first in row-major order, as the reference's max_pool2d picks."""
+    """Blocky logits: p stays inside (0, 1) and is constant over plateaus, so erosion and
+    dilation windows hold several equal extrema that carry gradient. The one that gets it must
+    be the first in row-major order, as the reference's max_pool2d picks."""
     coarse = random_logits(2, C, 6, 5, seed=7)
     logits = coarse.repeat_interleave(4, 2).repeat_interleave(4, 3)  # 4 x 4 plateaus
-    target = blob_target(2, 24, 20, C, seed=7)
-    loss = SurrogateLoss("bf1", PRESETS["asl-voc-bf1"], C, tolerance=2)
-    ours, ours_grad = loss_and_grad(loss, logits, target)
-    ref, ref_grad = loss_and_grad(
-        lambda z, t: reference_loss("bf1", loss.theta, z, t, C, tolerance=2), logits, target
-    )
-    assert abs(float(ours - ref)) < 1e-10
+    difference, ours_grad, ref_grad = bf1_against_reference(logits, blob_target(2, 24, 20, C, 7))
+    assert difference < 1e-10
     assert torch.allclose(ours_grad, ref_grad, atol=1e-12, rtol=1e-9)
 
 
