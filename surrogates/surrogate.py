@@ -19,10 +19,10 @@ channel (N x H x W values), and U_c = |Y_c| + sum over all channels of m h_U(p_c
 channel, so no one-hot tensor is built. The softmax and the union curve run fused, with a
 hand-written backward that keeps only the logits and the log-sum-exp (`_SoftmaxSums`). bf1 needs
 the dilated GT edges only as "a GT edge of class c within r" (bit sets, surrogates/boundary.py)
-and the dilated soft edges only at the GT edge pixels (`_window_max`, over the rows' running
-maxima), so no N x C x H x W square max filter runs; its backward is hand-written too
-(`_SoftBoundarySums`) and sends the gradient of every min and max to the same window entry as the
-reference's max_pool2d, ties included. The kernels are compiled (surrogates/fused.py).
+and the dilated soft edges only at the GT edge pixels (`_window_max`), so no N x C x H x W max
+filter runs; its backward is hand-written too (`_SoftBoundarySums`) and sends the gradient of
+every min and max to the same window entry as the reference's max_pool2d, ties included. The
+kernels are compiled (surrogates/fused.py).
 """
 
 from collections.abc import Sequence
@@ -397,25 +397,14 @@ def _edge_sums(edges, near_gt, classes):
     return edges.sum((2, 3)), (edges * near).sum((2, 3))
 
 
-def _row_max(padded, k):
-    """Max over each horizontal run of k pixels: out[..., j] = max(padded[..., j : j + k]),
-    built by doubling (widths 1, 2, 4, ... k), ~log2(k) passes instead of k."""
-    width = 1
-    while width < k:
-        step = min(width, k - width)
-        length = padded.shape[-1] - step
-        padded = torch.maximum(padded[..., :length], padded[..., step : step + length])
-        width += step
-    return padded
-
-
-def _window_max(row_max, first, offsets):
+def _window_max(padded_edges, first, offsets):
     """For each GT edge pixel: the max of its class's soft edges over the square window, and
-    which of the window's rows holds it first. row_max: the rows' maxima (`_row_max` of B
-    padded by r with -inf), flattened; first: the flat index of each window's top row;
-    offsets: the flat offsets of the window's rows. Only the GT edge pixels, not all
-    (N, C, H, W): recall needs no more."""
-    return row_max[first.unsqueeze(1) + offsets].max(1)
+    where it is (the first in row-major order on ties, as max_pool2d picks). padded_edges: B
+    padded by r with -inf, flattened; first: each window's top-left flat index; offsets: the
+    window's flat offsets. Only the GT edge pixels, not all (N, C, H, W): recall needs no more."""
+    index = first.unsqueeze(1) + offsets
+    best, where = padded_edges[index].max(1)
+    return best, index.gather(1, where.unsqueeze(1)).squeeze(1)
 
 
 def _soft_edges_backward(
@@ -450,7 +439,6 @@ _fused_softmax = fused(_softmax)
 _fused_erode = fused(_erode)
 _fused_soft_edges = fused(_soft_edges)
 _fused_edge_sums = fused(_edge_sums)
-_fused_row_max = fused(_row_max)
 _fused_window_max = fused(_window_max)
 _fused_soft_edges_backward = fused(_soft_edges_backward)
 
@@ -521,18 +509,14 @@ class _SoftBoundarySums(torch.autograd.Function):
         edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
         edges = edges.view_as(p)
         n_pr, match_pr = _fused_edge_sums(edges, near_gt, classes)
-        # recall needs max_window B at each GT edge pixel, for its own class: the max over the
-        # window's rows of each row's max, then the first column in that row that holds it (on
-        # ties the first in row-major order, as max_pool2d picks)
+        # recall needs max_window B at each GT edge pixel, for its own class
         h, w = p.shape[-2:]
-        hp, wp, k = h + 2 * radius, w + 2 * radius, 2 * radius + 1
+        hp, wp = h + 2 * radius, w + 2 * radius
         padded = F.pad(edges, (radius,) * 4, value=float("-inf"))
-        row_max = _fused_row_max(padded, k)  # (N, K, hp, w)
-        window = torch.arange(k, device=p.device)
-        best, row = _fused_window_max(row_max.view(-1), (pair * hp + y) * w + x, window * w)
-        row_start = (pair * hp + y + row) * wp + x  # in padded B
-        in_row = padded.view(-1)[row_start.unsqueeze(1) + window] == best.unsqueeze(1)
-        argmax = row_start + in_row.byte().argmax(1)  # argmax returns the first maximum
+        first = (pair * hp + y) * wp + x  # the window of (y, x) starts there
+        k = torch.arange(2 * radius + 1, device=p.device)
+        offsets = (k.unsqueeze(1) * wp + k).reshape(-1)  # row-major window order
+        best, argmax = _fused_window_max(padded.view(-1), first, offsets)
         # flat index in padded B -> in B
         argmax = (
             (argmax // (hp * wp)) * (h * w)
