@@ -16,9 +16,16 @@ Inputs: logits = randn * 2; targets are random blobs (a coarse 8 x 8 label grid 
 nearest, so edge density looks like real masks) with a few void (255) pixels, drawn from all 21
 classes, or with --classes K from K random classes per image (a VOC image holds 2-3).
 
+--floor adds, per size, a lower bound on what any implementation of the surrogates costs: the
+curve work that cross-entropy does not do, one compiled pass of each curve's value and slope over
+every probability (N x C x H x W values, reduced to a sum so that no output is written), timed
+alternately with CE. Beyond the softmax forward and backward, which CE does too, a region
+surrogate evaluates its union curve at every probability, bf1 its four curves (and an erosion and
+the sums, not counted), so 1 + curves / CE bounds their ratio from below.
+
 Run: ./launch.sh bench losses [--quick] [--threads N] [--classes K] [--losses bf1 ...]
-     [--profile LOSS] (= .venv/bin/python bench/losses.py ...). SLS_COMPILE=0 measures the
-     eager kernels.
+     [--profile LOSS] [--floor] (= .venv/bin/python bench/losses.py ...). SLS_COMPILE=0
+     measures the eager kernels.
 """
 
 import argparse
@@ -31,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import surrogates.fused
-from surrogates import METRICS, SurrogateLoss, build_loss
+from surrogates import METRICS, PRESETS, SurrogateLoss, build_loss
+from surrogates.curves import METRIC_CURVES, bezier_value_and_slope, curve_tables
 
 NUM_CLASSES = 21
 SIZES = ((8, 128, 128), (2, 512, 512))  # (N, H, W)
@@ -139,6 +147,43 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def _curve_sums(x: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    value, slope = bezier_value_and_slope(x, table)
+    return value.sum(), slope.sum()
+
+
+_fused_curve_sums = surrogates.fused.fused(_curve_sums)
+
+
+def print_floor(n: int, h: int, w: int, repeats: int) -> None:
+    """ms of one value-and-slope pass of each curve over N x C x H x W probabilities, against CE
+    timed alternately, and the lower bounds 1 + curves / CE (see the module docstring)."""
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(n, NUM_CLASSES, h, w, generator=g) * 2).requires_grad_()
+    target = blob_target(n, h, w, NUM_CLASSES)
+    p = torch.softmax(logits.detach(), 1).reshape(-1)
+    ce = build_loss("ce")
+    curves = {
+        "miou union curve": curve_tables(PRESETS["asl-voc-miou"], METRIC_CURVES["miou"])[1:],
+        "bf1 curves h1-h4": curve_tables(PRESETS["asl-voc-bf1"], METRIC_CURVES["bf1"]),
+    }
+    print("| curve work | ms | x CE | lower bound on the surrogate's x CE |")
+    print("|---|---:|---:|---:|")
+    for name, tables in curves.items():
+        times, ce_times = [], []
+        for _ in range(3 + repeats):  # the first 3: warm-up (and compilation)
+            start = time.perf_counter()
+            step(ce, logits, target)
+            ce_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for table in tables:
+                _fused_curve_sums(p, table)
+            times.append(time.perf_counter() - start)
+        ms = 1e3 * statistics.median(times[3:])
+        ce_ms = 1e3 * statistics.median(ce_times[3:])
+        print(f"| {name} | {ms:.1f} | {ms / ce_ms:.2f} | {1 + ms / ce_ms:.2f} |")
+
+
 def profile(loss_fn: nn.Module, n: int, h: int, w: int, per_image: int | None) -> None:
     """Top operators by self CPU time for one forward + backward (after warm-up)."""
     logits = (torch.randn(n, NUM_CLASSES, h, w) * 2).requires_grad_()
@@ -160,6 +205,9 @@ def main() -> None:
     names = [*BASELINES, *METRICS]
     parser.add_argument("--losses", nargs="+", choices=names, default=names, help="default: all")
     parser.add_argument("--profile", metavar="LOSS", help="also profile this loss (e.g. bf1)")
+    parser.add_argument(
+        "--floor", action="store_true", help="also the curve work no implementation avoids"
+    )
     args = parser.parse_args()
     if args.classes is not None and not 1 <= args.classes <= NUM_CLASSES:
         parser.error(f"--classes must be in [1, {NUM_CLASSES}], got {args.classes}")
@@ -178,6 +226,9 @@ def main() -> None:
         print(f"### N={n}, C={NUM_CLASSES}, {h}x{w}{per_image}\n")
         print_table(bench_size(losses, n, h, w, repeats, args.classes))
         print()
+        if args.floor:
+            print_floor(n, h, w, repeats)
+            print()
     if compile_on and not surrogates.fused._enabled:
         print("note: torch.compile failed during the run; surrogates ran eager kernels\n")
     if args.profile:

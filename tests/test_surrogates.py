@@ -5,6 +5,7 @@ import torch
 from helpers import blob_target, random_logits
 from reference_asl import reference_loss
 
+import surrogates.surrogate as surrogate_module
 from surrogates import METRICS, PRESETS, SurrogateLoss
 
 C = 5
@@ -310,6 +311,19 @@ def test_boundary_surrogates_match_the_reference_beyond_63_classes(metric):
     )
     assert abs(float(ours - ref)) < 1e-10
     assert torch.allclose(ours_grad, ref_grad, atol=1e-10, rtol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["miou", "fwiou", "biou"])
+def test_region_sums_in_image_chunks_are_the_same_bits(metric, monkeypatch):
+    """On CPU the curve over every channel runs a few images at a time (`_image_chunks`): the
+    loss and its gradient are bit for bit those of one call over the batch."""
+    logits, target = data(torch.float32, n=5, h=12, w=10, seed=2)
+    loss = SurrogateLoss(metric, f"asl-voc-{metric}", C)
+    whole = loss_and_grad(loss, logits, target)
+    monkeypatch.setattr(surrogate_module, "_CHUNK_ELEMENTS", 2 * logits[0].numel())
+    assert [len(range(5)[i]) for i in surrogate_module._image_chunks(logits)] == [1, 2, 2]
+    chunked = loss_and_grad(loss, logits, target)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
 
 
 def bf1_against_reference(logits, target):
