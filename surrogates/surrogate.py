@@ -482,7 +482,7 @@ class _SoftmaxSums(torch.autograd.Function):
     def forward(ctx, z, labels, weight, table):
         # the curve over every channel is what writes intermediates the size of z; without it
         # (macc, gacc) one call is faster
-        ctx.chunks = [slice(None)] if weight is None else _image_chunks(z)
+        ctx.chunks = [slice(None)] if weight is None else _image_chunks(z, _REGION_CHUNK_ELEMENTS)
         parts = [
             _fused_softmax_sums(z[i], labels[i], None if weight is None else weight[i], table)
             for i in ctx.chunks
@@ -512,22 +512,67 @@ class _SoftmaxSums(torch.autograd.Function):
         return (torch.cat(grad) if len(grad) > 1 else grad[0]), None, None, None
 
 
-def _image_chunks(z: torch.Tensor) -> list[slice]:
-    """On CPU, slices of whole images of about `_CHUNK_ELEMENTS` logits each. Inductor's
+def _image_chunks(z: torch.Tensor, elements: int) -> list[slice]:
+    """On CPU, slices of whole images of about `elements` logits each. Inductor's
     kernels write intermediates the size of their input (the probabilities, the curve's root);
     kept to a few MB, the allocator reuses them and they stay in cache, where fresh N x C x H x W
-    buffers cost page faults: forward + backward 20 % faster at 8 x 21 x 128^2 and 40 % at
-    2 x 21 x 512^2 (README, Performance), the same numbers, as each image's sums are its own.
-    Chunks differ by one image at most, so that a chunk of one (a recompilation) is rare."""
+    buffers cost page faults (README, Performance). Each image's sums are its own, so the values
+    are the same up to rounding (a compiled reduction may add in another order for another
+    batch size). Chunks differ by one image at most, so that a chunk of one (a recompilation)
+    is rare."""
     n = len(z)
     if z.device.type != "cpu":  # the caching allocator reuses GPU memory anyway
         return [slice(0, n)]
-    count = min(n, max(1, -(-z.numel() // _CHUNK_ELEMENTS)))
+    count = min(n, max(1, -(-z.numel() // elements)))
     bounds = [i * n // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-_CHUNK_ELEMENTS = 2**20
+_REGION_CHUNK_ELEMENTS = 2**20
+_BOUNDARY_CHUNK_ELEMENTS = 2**22  # bf1's per-call costs are higher: 8 x 21 x 128^2 is one call
+
+
+def _boundary_sums(z, tables, near_gt, classes, pair, y, x, radius: int, subset: bool):
+    """The forward of `_SoftBoundarySums` on some images: (n_pr, match_pr, match_gt) and what
+    backward keeps (p_all, first_min, grad_p, grad_e, argmax)."""
+    n, c = len(z), len(classes)
+    p_all = _fused_softmax(z)
+    p = p_all.index_select(1, classes) if subset else p_all
+    e, first_min = _fused_erode(p)
+    edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
+    edges = edges.view_as(p)
+    n_pr, match_pr = _fused_edge_sums(edges, near_gt, classes)
+    # recall needs max_window B at each GT edge pixel, for its own class
+    h, w = p.shape[-2:]
+    hp, wp = h + 2 * radius, w + 2 * radius
+    padded = F.pad(edges, (radius,) * 4, value=float("-inf"))
+    first = (pair * hp + y) * wp + x  # the window of (y, x) starts there
+    k = torch.arange(2 * radius + 1, device=p.device)
+    offsets = (k.unsqueeze(1) * wp + k).reshape(-1)  # row-major window order
+    best, argmax = _fused_window_max(padded.view(-1), first, offsets)
+    # flat index in padded B -> in B
+    argmax = (
+        (argmax // (hp * wp)) * (h * w)
+        + (argmax % (hp * wp) // wp - radius) * w
+        + (argmax % wp - radius)
+    )
+    match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
+    # p of the K classes is taken from p_all again in backward rather than kept
+    return (n_pr, match_pr, match_gt), (p_all, first_min, grad_p, grad_e, argmax)
+
+
+def _boundary_sums_backward(
+    saved, near_gt, classes, pair, subset: bool, g_n_pr, g_match_pr, g_match_gt
+):
+    """dLoss/dz of `_boundary_sums` on the same images."""
+    p_all, first_min, grad_p, grad_e, argmax = saved
+    p = p_all.index_select(1, classes) if subset else p_all
+    g_recall = torch.zeros_like(p).view(-1)  # each GT edge pixel's, at its window's max
+    g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
+    return _fused_soft_edges_backward(
+        p, first_min, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
+        g_n_pr, g_match_pr, g_recall.view_as(p), p_all if subset else None,
+    )  # fmt: skip
 
 
 class _SoftBoundarySums(torch.autograd.Function):
@@ -535,49 +580,47 @@ class _SoftBoundarySums(torch.autograd.Function):
     given, with a hand-written backward: it keeps p = softmax(z), each erosion window's first
     minimum, dB/dp and dB/de of those classes, and the index of each GT edge pixel's window
     maximum, instead of the eight curve tensors, the max-pool indices and the dilated maps
-    autograd would keep."""
+    autograd would keep. Large batches run a few images at a time (`_image_chunks`)."""
 
     @staticmethod
     def forward(ctx, z, tables, near_gt, classes, pair, y, x, radius):
         """Sums (N, K) for the K channels `classes`; pair = image * K + slot of a GT edge pixel."""
-        n, c = len(z), len(classes)
-        p_all = _fused_softmax(z)
-        ctx.subset = c < z.shape[1]
-        p = p_all.index_select(1, classes) if ctx.subset else p_all
-        e, first_min = _fused_erode(p)
-        edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
-        edges = edges.view_as(p)
-        n_pr, match_pr = _fused_edge_sums(edges, near_gt, classes)
-        # recall needs max_window B at each GT edge pixel, for its own class
-        h, w = p.shape[-2:]
-        hp, wp = h + 2 * radius, w + 2 * radius
-        padded = F.pad(edges, (radius,) * 4, value=float("-inf"))
-        first = (pair * hp + y) * wp + x  # the window of (y, x) starts there
-        k = torch.arange(2 * radius + 1, device=p.device)
-        offsets = (k.unsqueeze(1) * wp + k).reshape(-1)  # row-major window order
-        best, argmax = _fused_window_max(padded.view(-1), first, offsets)
-        # flat index in padded B -> in B
-        argmax = (
-            (argmax // (hp * wp)) * (h * w)
-            + (argmax % (hp * wp) // wp - radius) * w
-            + (argmax % wp - radius)
-        )
-        match_gt = p.new_zeros(n * c).index_add_(0, pair, best).view(n, c)
-        # p of the K classes is taken from p_all again in backward rather than kept
-        ctx.save_for_backward(p_all, first_min, grad_p, grad_e, near_gt, classes, pair, argmax)
-        return n_pr, match_pr, match_gt
+        k = len(classes)
+        ctx.subset = k < z.shape[1]
+        ctx.chunks = _image_chunks(z, _BOUNDARY_CHUNK_ELEMENTS)
+        ctx.pixels = [slice(None)]
+        if len(ctx.chunks) > 1:  # GT edge pixels come image by image (nonzero's order)
+            ends = [0, *torch.bincount(pair // k, minlength=len(z)).cumsum(0).tolist()]
+            ctx.pixels = [slice(ends[i.start], ends[i.stop]) for i in ctx.chunks]
+        sums, saved = [], []
+        for images, pixels in zip(ctx.chunks, ctx.pixels, strict=True):
+            chunk_sums, chunk_saved = _boundary_sums(
+                z[images], tables, near_gt[images], classes, pair[pixels] - images.start * k,
+                y[pixels], x[pixels], radius, ctx.subset,
+            )  # fmt: skip
+            sums.append(chunk_sums)
+            saved += chunk_saved
+        ctx.save_for_backward(near_gt, classes, pair, *saved)
+        return tuple(torch.cat(s) for s in zip(*sums, strict=True))
 
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
-        p_all, first_min, grad_p, grad_e, near_gt, classes, pair, argmax = ctx.saved_tensors
-        p = p_all.index_select(1, classes) if ctx.subset else p_all
-        g_recall = torch.zeros_like(p).view(-1)  # each GT edge pixel's, at its window's max
-        g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
-        grad = _fused_soft_edges_backward(
-            p, first_min, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
-            g_n_pr, g_match_pr, g_recall.view_as(p), p_all if ctx.subset else None,
-        )  # fmt: skip
-        return grad, *([None] * 7)
+        near_gt, classes, pair, *saved = ctx.saved_tensors
+        k = len(classes)
+        grad = [
+            _boundary_sums_backward(
+                saved[5 * j : 5 * j + 5],
+                near_gt[images],
+                classes,
+                pair[pixels] - images.start * k,
+                ctx.subset,
+                g_n_pr[images],
+                g_match_pr[images],
+                g_match_gt[images],
+            )
+            for j, (images, pixels) in enumerate(zip(ctx.chunks, ctx.pixels, strict=True))
+        ]
+        return torch.cat(grad) if len(grad) > 1 else grad[0], *([None] * 7)
 
 
 class _AllReduceSum(torch.autograd.Function):
