@@ -12,6 +12,13 @@ and of cross-entropy alternate, so that both see the same state of a noisy machi
 column is the budget relative to cross-entropy (issue 19): wall time 1.5x for the region
 surrogates, 2x for biou, 5x for bf1, and saved memory 4x for bf1.
 
+Page faults: with glibc's default heap a freed large buffer often goes back to the kernel, the
+next one costs page faults (on the development machine about 3 us per 4 KB page), and whether a
+call pays them depends on what ran before it, CE's calls included (README, Performance).
+Prefixing the bench with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184 keeps every freed
+buffer in the process's heap, so that no call pays them and the ratios compare arithmetic and
+memory traffic.
+
 Inputs: logits = randn * 2; targets are random blobs (a coarse 8 x 8 label grid upsampled with
 nearest, so edge density looks like real masks) with a few void (255) pixels, drawn from all 21
 classes, or with --classes K from K random classes per image (a VOC image holds 2-3).
