@@ -22,7 +22,8 @@ the dilated GT edges only as "a GT edge of class c within r" (bit sets, surrogat
 and the dilated soft edges only at the GT edge pixels (`_window_max`), so no N x C x H x W max
 filter runs; its backward is hand-written too (`_SoftBoundarySums`) and sends the gradient of
 every min and max to the same window entry as the reference's max_pool2d, ties included. The
-kernels are compiled (surrogates/fused.py).
+kernels are compiled (surrogates/fused.py) and, on a CPU, run on a few images at a time, which
+keeps inductor's intermediates small enough to be recycled instead of paged in afresh.
 """
 
 from collections.abc import Sequence
@@ -606,10 +607,10 @@ class _SoftBoundarySums(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
         near_gt, classes, pair, *saved = ctx.saved_tensors
-        k = len(classes)
+        k, per_chunk = len(classes), len(saved) // len(ctx.chunks)
         grad = [
             _boundary_sums_backward(
-                saved[5 * j : 5 * j + 5],
+                saved[j * per_chunk : (j + 1) * per_chunk],
                 near_gt[images],
                 classes,
                 pair[pixels] - images.start * k,

@@ -314,7 +314,7 @@ def test_boundary_surrogates_match_the_reference_beyond_63_classes(metric):
 
 
 @pytest.mark.parametrize("metric", ["miou", "fwiou", "biou", "bf1"])
-def test_image_chunks_give_the_same_bits(metric, monkeypatch):
+def test_image_chunks_give_the_values_of_one_call(metric, monkeypatch):
     """On CPU the dense kernels run a few images at a time (`_image_chunks`): the loss and its
     gradient are those of one call over the batch, to rounding (a compiled reduction may add in
     another order for another batch size). Class 4 absent: bf1 computes the classes with GT
