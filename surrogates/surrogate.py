@@ -488,9 +488,7 @@ class _SoftmaxSums(torch.autograd.Function):
             _fused_softmax_sums(z[i], labels[i], None if weight is None else weight[i], table)
             for i in ctx.chunks
         ]
-        lse, p_gt, sums = (
-            None if part[0] is None else torch.cat(part) for part in zip(*parts, strict=True)
-        )
+        lse, p_gt, sums = (_joined(part) for part in zip(*parts, strict=True))
         ctx.table = table
         ctx.save_for_backward(z, lse, labels, weight)
         return sums, p_gt
@@ -510,7 +508,14 @@ class _SoftmaxSums(torch.autograd.Function):
             )
             for i in ctx.chunks
         ]
-        return (torch.cat(grad) if len(grad) > 1 else grad[0]), None, None, None
+        return _joined(grad), None, None, None
+
+
+def _joined(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """The chunks' results along the batch: no copy for one chunk, None for None."""
+    if parts[0] is None:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
 def _image_chunks(z: torch.Tensor, elements: int) -> list[slice]:
@@ -602,7 +607,7 @@ class _SoftBoundarySums(torch.autograd.Function):
             sums.append(chunk_sums)
             saved += chunk_saved
         ctx.save_for_backward(near_gt, classes, pair, *saved)
-        return tuple(torch.cat(s) for s in zip(*sums, strict=True))
+        return tuple(_joined(s) for s in zip(*sums, strict=True))
 
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
@@ -621,7 +626,7 @@ class _SoftBoundarySums(torch.autograd.Function):
             )
             for j, (images, pixels) in enumerate(zip(ctx.chunks, ctx.pixels, strict=True))
         ]
-        return torch.cat(grad) if len(grad) > 1 else grad[0], *([None] * 7)
+        return _joined(grad), *([None] * 7)
 
 
 class _AllReduceSum(torch.autograd.Function):
