@@ -88,16 +88,12 @@ def check_builds(cfg: RetrainConfig) -> None:
         make_loss(cfg, train_set.num_classes)
 
     preflight(build)
-    batch, group = cfg.retrain.fit.batch_size, cfg.retrain.loss_group_size
+    # a loss group may span processes (SurrogateLoss gathers the per-image sums): only the
+    # batch itself must split
+    batch = cfg.retrain.fit.batch_size
     if batch % cfg.processes:
         raise ConfigError(
             f"retrain.fit.batch_size={batch} does not split over {cfg.processes} processes"
-        )
-    if group and (batch // cfg.processes) % group:
-        raise ConfigError(
-            f"retrain.fit.batch_size={batch} over {cfg.processes} processes is "
-            f"{batch // cfg.processes} images each, not a multiple of "
-            f"retrain.loss_group_size={group}"
         )
 
 

@@ -81,16 +81,12 @@ def _due(iteration: int, every: int, iterations: int) -> bool:
 
 
 def save_checkpoint(path: Path, model, optimizer, iteration: int, cfg: RetrainConfig) -> None:
-    """A plain dict, written atomically; it carries the resolved config it was trained with."""
+    """A plain dict, written atomically by rank 0; it carries the resolved config it was trained
+    with. Every rank calls it: the RNG states of all of them go in."""
     state = training_state(model, optimizer, iteration) | {"config": to_dict(cfg)}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def resume(path: Path, model, optimizer, device: torch.device) -> int:
-    """Load a checkpoint into model and optimizer, restore the RNG states; its iteration."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    return load_training_state(checkpoint, model, optimizer)
+    if process_rank()[0] == 0:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
 
 def train(run_dir: str | Path) -> dict | None:
@@ -108,8 +104,10 @@ def train(run_dir: str | Path) -> dict | None:
     seed_everything(fit_cfg.seed)
     model = build_segnet(settings.model, num_classes, **settings.model_args)
     net, optimizer = setup_training(model, fit_cfg, device)
+    if rank:  # the same weights everywhere (above), but each rank its own dropout masks
+        seed_everything(fit_cfg.seed + rank)
     checkpoint = run_dir / CHECKPOINT
-    start = resume(checkpoint, model, optimizer, device) if checkpoint.is_file() else 0
+    start = load_training_state(checkpoint, model, optimizer) if checkpoint.is_file() else 0
     rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["iteration"]) <= start]
     batches = train_batches(train_set, fit_cfg, device, start)
 
@@ -137,7 +135,7 @@ def train(run_dir: str | Path) -> dict | None:
                 write_csv(run_dir / "metrics.csv", rows, ["iteration", "seconds", *METRIC_COLUMNS])
                 shown = "  ".join(f"{k} {100 * results[k]:.2f}" for k in METRICS)
                 print(f"[retrain] eval at {stop}: {shown}", flush=True)
-        if rank == 0 and _due(stop, fit_cfg.checkpoint_every, fit_cfg.iterations):
+        if _due(stop, fit_cfg.checkpoint_every, fit_cfg.iterations):
             save_checkpoint(checkpoint, model, optimizer, stop, cfg)
 
     final = None

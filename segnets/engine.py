@@ -176,6 +176,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Python, numpy and torch (CPU and every GPU) generators from one seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -320,20 +321,40 @@ def train_steps(
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
-    """What continues a training exactly: weights, optimizer state, iteration, RNG states."""
+    """What continues a training exactly: weights, optimizer state, iteration, and the RNG states
+    of every process (rank order). Under torch.distributed a collective: every rank calls it."""
+    rank, world_size = process_rank()
+    states = [rng_state()]
+    if world_size > 1:  # each rank draws its own dropout masks: each needs its own state back
+        states = [None] * world_size
+        dist.all_gather_object(states, rng_state())
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "iteration": iteration,
-        "rng": rng_state(),
+        "rng": states,
     }
 
 
-def load_training_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Load a `training_state` into model and optimizer, restore the RNG states; its iteration."""
+def load_training_state(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> int:
+    """Load a saved `training_state` into model and optimizer, restore this process's RNG
+    states; its iteration.
+
+    The file is read onto the CPU whatever the training device: load_state_dict copies weights
+    and optimizer state to their parameters' device, and torch.set_rng_state takes only a CPU
+    ByteTensor (a state mapped onto the GPU raises TypeError)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
+    rank, world_size = process_rank()
+    if len(state["rng"]) != world_size:
+        raise ValueError(
+            f"{path} holds the RNG states of {len(state['rng'])} process(es), "
+            f"not of the {world_size} resuming it"
+        )
+    set_rng_state(state["rng"][rank])
     return state["iteration"]
 
 
@@ -354,10 +375,7 @@ def fit(
     the search continues that way; retrain/train.py runs the same steps with evaluations)."""
     device = torch.device(device)
     net, optimizer = setup_training(model, cfg, device)
-    start = 0
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=True)
-        start = load_training_state(state, model, optimizer)
+    start = 0 if resume_from is None else load_training_state(resume_from, model, optimizer)
     stop = cfg.iterations if stop is None else stop
     batches = train_batches(train_set, cfg, device, start)
     stats = train_steps(net, optimizer, loss_fn, batches, cfg, device, start, stop)
@@ -414,15 +432,22 @@ def evaluate(
         num_classes, drop_background=drop_background, tolerance=tolerance, boundary=boundary
     )
     autocast = device.type == "cuda" and amp
-    for images, target in loader:
-        images, target = images.to(device), target.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(images)["out"]
-        logits = logits.float()
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=False)
-        metrics.update(predict(logits, prediction), target)
-    model.train(was_training)
+    # whole images come in hundreds of sizes (VOC): cuDNN's autotuner would time every
+    # convolution afresh for each, which costs more than it saves; training turns it back on
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        for images, target in loader:
+            images, target = images.to(device), target.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(images)["out"]
+            logits = logits.float()
+            if logits.shape[-2:] != target.shape[-2:]:
+                size = target.shape[-2:]
+                logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+            metrics.update(predict(logits, prediction), target)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        model.train(was_training)
     metrics.all_reduce()  # under DDP each process saw its shard of the loader
     results = metrics.compute()
     if classes is not None:

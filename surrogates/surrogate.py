@@ -74,9 +74,13 @@ class SurrogateLoss(nn.Module):
         group_size: G, compute the surrogate per group of G images and average over the groups
             (None: the whole batch pooled). The reference pooled the 8 images of each GPU, so its
             loss changed with the batch per process; with a group size it does not. Image j of
-            a batch of n belongs to group j mod (n // G): a global batch dealt to DDP processes
-            by rank stride (every N-th image, data.train_loader) makes the same groups on any
-            number of processes, and DDP's gradient average is the one-process gradient.
+            a batch of n belongs to group j mod (n // G). Under torch.distributed the groups are
+            formed over the global batch: every process gathers the per-image class sums of all
+            (a few KB; the backward sends each process the gradient of its own images), and
+            image k of process r is image r + k * world_size of the global batch, as
+            data.train_loader deals it. Any number of processes, even with a group spread
+            over several, then gives the one-process loss, and DDP's gradient average the
+            one-process gradient.
         sync: all-reduce the per-class sums across torch.distributed processes before the ratio,
             so every process sees the surrogate of the global batch. The backward all-reduces too,
             so DDP's gradient averaging yields the gradient of the global loss. A no-op when no
@@ -231,36 +235,43 @@ class SurrogateLoss(nn.Module):
 
     # --- pieces -------------------------------------------------------------------------------
 
-    def _groups(self, n: int) -> int:
-        return 1 if self.group_size is None else max(1, n // self.group_size)
+    def _world_size(self) -> int:
+        """Processes the loss spans: those of torch.distributed with sync or a group size."""
+        if not self.sync and self.group_size is None:
+            return 1
+        import torch.distributed as dist  # only these options need it
 
-    def _group_of(self, n: int, device: torch.device) -> torch.Tensor:
-        """(N,) the group of each image: j mod groups (see group_size)."""
-        return torch.arange(n, device=device) % self._groups(n)
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def _by_group(self, per_image: torch.Tensor) -> torch.Tensor:
-        """(N, C) per-image sums -> (G, C) per-group sums."""
-        n = per_image.shape[0]
+        """(N, C) per-image sums -> (G, C) per-group sums over the global batch (group_size);
+        without a group size the (1, C) batch sums."""
         if self.group_size is None:
             return per_image.sum(0, keepdim=True)
-        groups = per_image.new_zeros(self._groups(n), per_image.shape[1])
-        return groups.index_add(0, self._group_of(n, per_image.device), per_image)
+        n, world_size = per_image.shape[0], self._world_size()
+        image = torch.arange(n, device=per_image.device)
+        if world_size > 1:
+            per_image = _AllGather.apply(per_image)  # (world_size * N, C), rank after rank
+            rank = torch.arange(world_size, device=image.device).unsqueeze(1)
+            image = (rank + world_size * image).reshape(-1)  # global positions, rank stride
+        groups = max(1, per_image.shape[0] // self.group_size)
+        sums = per_image.new_zeros(groups, per_image.shape[1])
+        return sums.index_add(0, image % groups, per_image)
 
     def _class_sums(self, labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Sum `values` (N, ...) per (group, GT class) -> (G, C)."""
+        """Sum `values` (N, ...) per GT class and group -> (G, C); G = 1 without a group size."""
         n, c = labels.shape[0], self.num_classes
         index = labels.reshape(n, -1)
-        if self.group_size is not None:
-            index = index + c * self._group_of(n, labels.device).unsqueeze(1)
-        sums = values.new_zeros(self._groups(n) * c)
-        return sums.index_add(0, index.reshape(-1), values.reshape(-1)).view(-1, c)
+        if self.group_size is None:  # pooled over the batch at once
+            sums = values.new_zeros(c).index_add(0, index.reshape(-1), values.reshape(-1))
+            return sums.unsqueeze(0)
+        index = index + c * torch.arange(n, device=labels.device).unsqueeze(1)
+        sums = values.new_zeros(n * c).index_add(0, index.reshape(-1), values.reshape(-1))
+        return self._by_group(sums.view(n, c))
 
     def _sync(self, *sums: torch.Tensor) -> list[torch.Tensor]:
-        if not self.sync:
-            return list(sums)
-        import torch.distributed as dist  # only the sync option needs it
-
-        if not (dist.is_available() and dist.is_initialized()):
+        """sync=True: the sums of every process (a group size gathers in _by_group instead)."""
+        if not self.sync or self._world_size() == 1:
             return list(sums)
         return [_AllReduceSum.apply(s) for s in sums]
 
@@ -323,10 +334,15 @@ class SurrogateLoss(nn.Module):
         image, y, x = edges.nonzero(as_tuple=True)
         edge_class = labels[image, y, x]
         n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(z.dtype)
-        # Only classes with a GT edge somewhere in the batch (of every process, with sync) enter
-        # the mean below, and a class's soft edges depend on its own channel alone: the others
-        # are skipped (a VOC image holds 2-3 of the 21 classes).
-        with_edges = self._sync(n_gt.sum(0))[0] > 0
+        # Only classes with a GT edge somewhere in the batch (of every process the loss spans)
+        # enter the mean below, and a class's soft edges depend on its own channel alone: the
+        # others are skipped (a VOC image holds 2-3 of the 21 classes).
+        with_edges = n_gt.sum(0)
+        if self._world_size() > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(with_edges)
+        with_edges = with_edges > 0
         if not with_edges.any():  # no GT edge: S = 0 below; keep the kernels' usual shapes
             with_edges[:] = True
         classes = with_edges.nonzero().squeeze(1)
@@ -627,6 +643,29 @@ class _SoftBoundarySums(torch.autograd.Function):
             for j, (images, pixels) in enumerate(zip(ctx.chunks, ctx.pixels, strict=True))
         ]
         return _joined(grad), *([None] * 7)
+
+
+class _AllGather(torch.autograd.Function):
+    """(N, ...) on each process -> (world_size * N, ...), rank after rank (equal N on every
+    process). Backward: each process gets the summed gradient of its own rows, i.e. world_size
+    times its share, so that DDP's averaging gives the global-loss gradient (as _AllReduceSum)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -17,6 +17,7 @@ from segnets.engine import (
     NonFiniteLossError,
     evaluate,
     fit,
+    load_training_state,
     lr_at,
     make_optimizer,
     predict,
@@ -27,6 +28,7 @@ from segnets.engine import (
     setup_training,
     train_batches,
     train_steps,
+    training_state,
     uses_sync_bn,
 )
 from surrogates import SegMetrics, build_loss
@@ -156,6 +158,55 @@ def test_steps_continued_from_a_saved_state_end_with_the_same_weights(shapes_roo
     train_steps(net, optimizer, loss, batches, cfg, device, 10, 30)
     assert torch.equal(weights(whole), weights(model))
     assert not torch.equal(weights(whole), weights(make_model(aux=True)))
+
+
+@pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter")
+def test_a_state_resumed_on_another_device_restores_the_rng(shapes_root, tmp_path):
+    """A model on another device than the CPU the state was saved from (`meta` stands in for
+    CUDA: a state mapped onto the training device held its RNG states there, and
+    torch.set_rng_state refused them) loads its weights, its momentum and the RNG states."""
+    cfg = FitConfig(iterations=4, batch_size=4, quiet=True)
+    model = make_model(aux=True)
+    fit(model, build_loss("ce"), train_set(shapes_root), cfg, stop=2, save_to=tmp_path / "s.pth")
+    saved = torch.load(tmp_path / "s.pth", weights_only=True)
+    expected = torch.rand(8)  # the draws that follow the saved state
+    elsewhere = make_model(seed=5, aux=True).to("meta")
+    optimizer = make_optimizer(elsewhere, cfg)
+    assert load_training_state(tmp_path / "s.pth", elsewhere, optimizer) == 2
+    assert torch.equal(torch.rand(8), expected)
+    momentum = next(iter(optimizer.state.values()))["momentum_buffer"]
+    assert momentum.device.type == "meta" and len(saved["rng"]) == 1
+
+
+def test_a_state_of_other_processes_is_refused(tmp_path):
+    model = make_model()
+    optimizer = make_optimizer(model, FitConfig())
+    state = training_state(model, optimizer, 3)
+    torch.save(state | {"rng": state["rng"] * 2}, tmp_path / "s.pth")
+    with pytest.raises(ValueError, match="RNG states of 2 process"):
+        load_training_state(tmp_path / "s.pth", model, optimizer)
+
+
+def test_evaluate_turns_the_cudnn_autotuner_off_and_restores_it(shapes_root):
+    """Whole images come in many sizes: autotuning each would cost more than it saves."""
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            seen.append(torch.backends.cudnn.benchmark)
+            return self.model(images)
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True  # as setup_training leaves it on CUDA
+        holdout_metrics(Spy(make_model()), shapes_root)
+        assert seen and not any(seen) and torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 @pytest.mark.parametrize("explode_at", [7, CHECK_EVERY + 3])

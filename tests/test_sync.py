@@ -53,14 +53,14 @@ def test_sync_without_process_group_is_the_plain_loss():
     assert float(synced) == float(SurrogateLoss("miou", "identity", 5)(logits, target))
 
 
-def strided_worker(rank, world_size, init_file, logits, target, out):
+def strided_worker(rank, world_size, init_file, logits, target, out, group_sizes=(2, None)):
     """One DDP process with its share of the global batch, dealt as data.train_loader deals it:
     every world_size-th image."""
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
     for metric in METRICS:
-        for group_size in (2, None):
+        for group_size in group_sizes:
             loss = SurrogateLoss(metric, f"asl-voc-{metric}", 5, tolerance=2, group_size=group_size)
             z = logits[rank::world_size].clone().requires_grad_(True)
             value = loss(z, target[rank::world_size])
@@ -90,6 +90,31 @@ def test_a_loss_group_size_makes_two_processes_train_like_one(tmp_path):
         # without a group size each process pools its 4 images: another loss than one process's
         pooled = SurrogateLoss(metric, f"asl-voc-{metric}", 5, tolerance=2)(logits, target)
         assert abs(float(out[f"{metric}/None/0/value"]) - float(pooled)) > 1e-4, metric
+
+
+@pytest.mark.parametrize("world_size,group_size", [(2, 8), (4, 4)])
+def test_a_loss_group_spread_over_processes_is_the_one_process_loss(
+    tmp_path, world_size, group_size
+):
+    """8 images dealt by rank stride: on 2 processes one group of 8 holds both processes' images,
+    on 4 processes (2 images each) the group {0, 2, 4, 6} spans ranks 0 and 2. Each process
+    gathers the per-image sums; the loss and DDP's averaged gradient are one process's."""
+    logits = random_logits(8, 5, 16, 16)
+    target = blob_target(8, 16, 16, 5)
+    target[1::2] = torch.where(target[1::2] == 4, 3, target[1::2])  # class 4 on some ranks only
+    out = mp.Manager().dict()
+    args = (world_size, tmp_path / "init", logits, target, out, (group_size,))
+    mp.spawn(strided_worker, args=args, nprocs=world_size)
+    for metric in METRICS:
+        loss = SurrogateLoss(metric, f"asl-voc-{metric}", 5, tolerance=2, group_size=group_size)
+        z = logits.clone().requires_grad_(True)
+        whole = loss(z, target)
+        whole.backward()
+        for rank in range(world_size):
+            value = out[f"{metric}/{group_size}/{rank}/value"]
+            assert float(value) == pytest.approx(float(whole), abs=1e-6), metric
+            grad = out[f"{metric}/{group_size}/{rank}/grad"]
+            assert torch.allclose(grad, z.grad[rank::world_size], atol=1e-9), metric
 
 
 def test_group_size_pools_groups_of_images_and_one_is_per_image():
