@@ -261,13 +261,13 @@ RANGES = {
     **dict.fromkeys(
         ["iterations", "batch_size", "lr", "head_lr_mult", "crop_size", "eval_crop",
          "eval_batch_size", "scale", "eval_scale", "ratio_range", "steps", "sigma", "epochs",
-         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size", "rungs", "target_kl"],
+         "clip", "confirm_seeds", "models_per_gpu", "loss_group_size", "target_kl"],
         _POSITIVE,
     ),
     **dict.fromkeys(
         ["weight_decay", "min_lr", "poly_power", "warmup_iterations", "workers", "seed",
          "log_every", "eval_every", "checkpoint_every", "tolerance", "confirm_top_k",
-         "cpu_slots", "dashboard_port", "processes"],
+         "cpu_slots", "dashboard_port", "processes", "rungs"],
         _NON_NEGATIVE,
     ),
     **dict.fromkeys(["momentum", "aux_weight", "region_weight", "cat_max_ratio"], _UNIT),
