@@ -5,26 +5,29 @@ Every transform is a callable (image, target) -> (image, target) on `tv_tensors.
 with nearest neighbour, padded with the ignore label 255 and left alone by photometric changes.
 
 Presets (keyword-only, like torchvision's references/segmentation/presets.py):
-    train_transforms   random rescale (ratio range) -> random crop padded with 255 -> flip ->
-                       photometric distortion (the mmseg VOC pipeline of SPEC A§5-6, mmseg's
-                       definition: no channel swaps). A `TrainAugment`: with batch_wise=True
-                       (what training uses) the flip, distortion and normalisation run on the
-                       whole batch on the training device, from draws made per sample
+    train_transforms   random rescale (ratio range) -> random crop -> flip -> photometric
+                       distortion -> normalisation -> pad to the crop size, the image with 0
+                       (the mean colour) and the labels with 255 (the mmseg VOC pipeline of
+                       SPEC A§5-6, mmseg's definitions: no channel swaps, Pad after Normalize).
+                       A `TrainAugment`: with batch_wise=True (what training uses) the flip,
+                       distortion, normalisation and padding colour are done on the whole batch
+                       on the training device, from draws made per sample
     eval_transforms    resize to fit `scale` keeping the aspect ratio -> centre crop: the proxy
                        reward protocol (A§5: fit (512, 128), crop 128)
     whole_image_transforms  resize the image only; the prediction is resized back to the label
                        (retrain evaluation, A§1.5). Batch size 1.
-All end with float conversion and ImageNet normalisation of the image and int64 labels.
+All give float images with ImageNet normalisation and int64 labels.
 
 The rescale, crop, flip and normalisation are small classes on v2's functional ops rather than
 v2's transform classes: those cost ~0.15 ms a sample in argument handling, a tenth of a CPU
-proxy step at batch 16. RandomHorizontalFlip and the per-sample PhotometricDistortion call are
-the definition TrainAugment's batch-wise halves are tested against.
+proxy step at batch 16. RandomHorizontalFlip, the per-sample PhotometricDistortion call and
+PadToSize after Normalize are the definition TrainAugment's batch-wise halves are tested against.
 """
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -69,8 +72,8 @@ class ResizeToFit:
 
 
 class RandomCrop:
-    """Random `size` x `size` crop of image and labels; a side shorter than `size` is padded at
-    the bottom/right first, image with 0 and labels with the void label (mmseg's Pad).
+    """Random crop of at most `size` x `size` from image and labels: a side shorter than `size`
+    is kept whole (mmseg's RandomCrop); `PadToSize` brings the crop to `size` afterwards.
 
     cat_max_ratio < 1 (mmseg's, 0.75 in the reference): up to 10 draws until the crop holds at
     least two labelled classes and none covers cat_max_ratio of its labelled pixels; else the
@@ -81,16 +84,13 @@ class RandomCrop:
 
     def __call__(self, image, target):
         h, w = image.shape[-2:]
-        pad_h, pad_w = max(self.size - h, 0), max(self.size - w, 0)
-        if pad_h or pad_w:
-            image = TF.pad(image, [0, 0, pad_w, pad_h], fill=0)
-            target = TF.pad(target, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
+        crop_h, crop_w = min(self.size, h), min(self.size, w)
         labels = target.as_subclass(torch.Tensor)  # plain: tv_tensors' dispatch costs ~0.2 ms
         for _ in range(10 if self.cat_max_ratio < 1 else 1):
-            top = int(torch.randint(0, h + pad_h - self.size + 1, ()))
-            left = int(torch.randint(0, w + pad_w - self.size + 1, ()))
-            crop = (top, left, self.size, self.size)
-            window = labels[..., top : top + self.size, left : left + self.size]
+            top = int(torch.randint(0, h - crop_h + 1, ()))
+            left = int(torch.randint(0, w - crop_w + 1, ()))
+            crop = (top, left, crop_h, crop_w)
+            window = labels[..., top : top + crop_h, left : left + crop_w]
             if self.cat_max_ratio >= 1 or self._balanced(window):
                 break
         return TF.crop(image, *crop), TF.crop(target, *crop)
@@ -100,6 +100,23 @@ class RandomCrop:
         counts = torch.bincount(target.reshape(-1), minlength=IGNORE_INDEX + 1)[:IGNORE_INDEX]
         counts = counts[counts > 0]
         return len(counts) > 1 and counts.max() < self.cat_max_ratio * counts.sum()
+
+
+class PadToSize:
+    """Pad at the bottom and right to `size` x `size`: the image with `fill`, the labels with
+    the void label. mmseg pads after the normalisation, with 0: the mean colour, which no
+    photometric step has touched (TrainAugment does the same, batch-wise). Plain tensors out."""
+
+    def __init__(self, size: int, fill: float = 0):
+        self.size, self.fill = size, fill
+
+    def __call__(self, image, target):
+        h, w = image.shape[-2:]
+        padding = (0, max(self.size - w, 0), 0, max(self.size - h, 0))  # left, right, top, bottom
+        image, target = image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
+        if not any(padding):
+            return image, target
+        return F.pad(image, padding, value=self.fill), F.pad(target, padding, value=IGNORE_INDEX)
 
 
 class RandomHorizontalFlip:
@@ -266,17 +283,30 @@ def _finish() -> list[Callable]:
 
 class TrainAugment:
     """The training augmentation in two halves. Per sample, in the loader: rescale and crop
-    (image sizes differ until the crop), then the draws of the flip and the photometric
-    distortion, made under the sample's seed in the order the per-sample steps make them.
-    Per batch (`on_batch`, on the training device): flip, distortion, normalisation.
+    (image sizes differ until the crop), padding to the crop size so that a batch stacks, then
+    the draws of the flip and the photometric distortion, made under the sample's seed in the
+    order the per-sample steps make them. Per batch (`on_batch`, on the training device): flip,
+    distortion, normalisation, and the padding set to 0, the mean colour.
+
+    The padding is mmseg's Pad after Normalize: the crop's image part alone is flipped and
+    distorted, and its padding stays at the bottom/right, 0 after the normalisation (not black,
+    -2 after it, as padding the uint8 image gave, nor distorted with the image).
 
     With batch_wise=False a call runs both halves on the one sample (image float, normalised);
-    with batch_wise=True it returns (uint8 image, uint8 labels, draws) for `on_batch`, which the
-    engine's batch stream applies on the GPU: a quarter of the bytes to copy, and the pixel work
-    off the loader's CPU. Both give the same numbers for the same seed."""
+    with batch_wise=True it returns (uint8 image, uint8 labels, params) for `on_batch`, which
+    the engine's batch stream applies on the GPU: a quarter of the bytes to copy, and the pixel
+    work off the loader's CPU. Both give the same numbers for the same seed."""
 
-    def __init__(self, sample_steps: list[Callable], flip: bool, photometric: bool, batch_wise):
+    def __init__(
+        self,
+        sample_steps: list[Callable],
+        crop_size: int,
+        flip: bool,
+        photometric: bool,
+        batch_wise,
+    ):
         self.sample_steps = sample_steps
+        self.pad = PadToSize(crop_size)  # uint8 image with 0 for now; on_batch sets the colour
         self.flip_p = 0.5 if flip else 0.0
         self.photometric = PhotometricDistortion() if photometric else None
         self.batch_wise = batch_wise
@@ -285,11 +315,13 @@ class TrainAugment:
     def __call__(self, image, target):
         for step in self.sample_steps:
             image, target = step(image, target)
-        draws = self.draw()
+        extent = torch.tensor(image.shape[-2:], dtype=torch.float32)  # the crop's image part
+        image, target = self.pad(image, target)
+        params = torch.cat([extent, self.draw()])
         image, target = image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
         if self.batch_wise:
-            return image, target.to(torch.uint8), draws  # labels are 0..255
-        images, targets = self.on_batch(image[None], target[None], draws[None])
+            return image, target.to(torch.uint8), params  # labels are 0..255
+        images, targets = self.on_batch(image[None], target[None], params[None])
         return images[0], targets[0]
 
     def draw(self) -> torch.Tensor:
@@ -298,15 +330,34 @@ class TrainAugment:
         photometric = self.photometric.draw() if self.photometric else torch.zeros(0)
         return torch.cat([torch.tensor([float(flip)]), photometric])
 
-    def on_batch(self, images: torch.Tensor, target: torch.Tensor, draws: torch.Tensor):
-        """uint8 (N, 3, H, W) images, (N, H, W) labels, (N, K) draws -> the normalised float
-        images and int64 labels of the batch, on the images' device."""
-        flip = (draws[:, 0] > 0.5).to(images.device)
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        target = torch.where(flip.view(-1, 1, 1), target.flip(-1), target)
+    def on_batch(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor):
+        """uint8 (N, 3, H, W) crops padded at the bottom/right, (N, H, W) labels, (N, 2 + K)
+        params (the rows and columns of each crop's image part, then its `draw()`) -> the
+        normalised float images, padding 0, and int64 labels of the batch, on the images'
+        device."""
+        params = params.to(images.device)
+        rows, cols, flip = params[:, 0].long(), params[:, 1].long(), params[:, 2] > 0.5
+        images, target = _flip_within(images, flip, cols), _flip_within(target, flip, cols)
         if self.photometric is not None:
-            images = self.photometric.apply(images, draws[:, 1:])
-        return self.normalize(images, target)
+            images = self.photometric.apply(images, params[:, 3:])
+        images, target = self.normalize(images, target)
+        h, w = images.shape[-2:]
+        inside_rows = torch.arange(h, device=images.device).view(h, 1) < rows.view(-1, 1, 1)
+        inside = inside_rows & (torch.arange(w, device=images.device) < cols.view(-1, 1, 1))
+        # (N, H, W): the crops' image parts
+        return images.masked_fill_(~inside[:, None], 0), target
+
+
+def _flip_within(x: torch.Tensor, flip: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(N, ..., W) with the first cols[n] columns of sample n mirrored where flip[n]: a padded
+    crop flips its image part and keeps its padding on the right (mmseg flips before padding);
+    an unpadded one flips whole. One gather: no branch on the device's values."""
+    width = x.shape[-1]
+    j = torch.arange(width, device=x.device)
+    mirrored = torch.where(j < cols[:, None], cols[:, None] - 1 - j, j)  # (N, W)
+    index = torch.where(flip[:, None], mirrored, j)
+    shape = (len(x),) + (1,) * (x.dim() - 2) + (width,)
+    return x.gather(-1, index.view(shape).expand_as(x))
 
 
 def train_transforms(
@@ -325,7 +376,7 @@ def train_transforms(
     if scale is not None:
         steps.append(RandomRescale(tuple(scale), tuple(ratio_range)))
     steps.append(RandomCrop(crop_size, cat_max_ratio))
-    return TrainAugment(steps, flip, photometric, batch_wise)
+    return TrainAugment(steps, crop_size, flip, photometric, batch_wise)
 
 
 def eval_transforms(*, crop_size: int | None = None, scale: tuple[int, int] | None = None):

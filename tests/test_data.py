@@ -13,6 +13,7 @@ from data.transforms import (
     MEAN,
     STD,
     Normalize,
+    PadToSize,
     PhotometricDistortion,
     RandomCrop,
     RandomHorizontalFlip,
@@ -125,8 +126,41 @@ def test_train_transforms_pad_labels_with_void_and_keep_pairs_aligned():
     x, y = train_transforms(crop_size=16, photometric=False)(image, target)
     assert x.shape == (3, 16, 16) and y.shape == (16, 16) and y.dtype == torch.int64
     assert (y == 255).sum() == 16 * 16 - 10 * 12  # padding is void
-    # image and labels moved together: wherever there is a label, the pixel is a real one
-    assert ((x[0] == (0 - MEAN[0]) / STD[0]) == (y == 255)).all()
+    # image and labels moved together: wherever there is a label, the pixel is a real one (no
+    # pixel value normalises to exactly 0, the padding's colour)
+    assert ((x[0] == 0) == (y == 255)).all()
+
+
+@pytest.mark.parametrize("batch_wise", [False, True])
+def test_crop_padding_is_the_mean_colour_after_the_distortion(batch_wise):
+    """mmseg pads after Normalize with 0: the padding of a crop larger than the image is the
+    mean colour, exactly 0 after the normalisation, whatever the photometric distortion did to
+    the image, and stays at the bottom/right when the crop is flipped; its labels are void."""
+    generator = torch.Generator().manual_seed(0)
+    image = tv_tensors.Image(
+        torch.randint(0, 256, (3, 10, 12), dtype=torch.uint8, generator=generator)
+    )
+    target = tv_tensors.Mask(torch.randint(0, 4, (10, 12), generator=generator))
+    augment = train_transforms(crop_size=16, batch_wise=batch_wise)
+    plain = train_transforms(crop_size=16, photometric=False, batch_wise=batch_wise)
+    flipped = distorted = 0
+    for seed in range(16):
+        torch.manual_seed(seed)
+        sample = augment(image, target)
+        torch.manual_seed(seed)
+        undistorted = plain(image, target)
+        if batch_wise:
+            flipped += int(sample[2][2])
+            sample = augment.on_batch(*(part[None] for part in sample))
+            undistorted = plain.on_batch(*(part[None] for part in undistorted))
+        x, y = (part.squeeze(0) for part in sample)
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+        assert (x[:, 10:] == 0).all() and (x[:, :, 12:] == 0).all()  # bottom and right
+        assert (y[10:] == 255).all() and (y[:, 12:] == 255).all()
+        assert (y[:10, :12] != 255).all() and (x[:, :10, :12] != 0).all()
+        distorted += not torch.equal(x, undistorted[0].squeeze(0))
+    assert distorted > 4  # the image part was distorted in most crops, the padding never
+    assert not batch_wise or 0 < flipped < 16
 
 
 def test_cat_max_ratio_redraws_crops_that_one_class_dominates():
@@ -294,20 +328,23 @@ def test_train_loader_visits_every_item_once_per_epoch(tmp_path):
 def test_batch_wise_augmentation_equals_the_per_sample_definition():
     """The training augmentation split in two (draws per sample in the loader, pixels per batch
     on the device) gives the same crops as the per-sample steps run one after the other, for the
-    same seeds: rescale, crop, flip, mmseg's photometric distortion, normalisation."""
+    same seeds: rescale, crop, flip, mmseg's photometric distortion, normalisation, padding
+    (half the crops are larger than their rescaled image)."""
     from torchvision.transforms import v2
 
+    size = 40  # rescaled short sides of 16-64 px: half the crops need padding
     kwargs = dict(scale=(64, 32), ratio_range=(0.5, 2.0), cat_max_ratio=0.75)
     definition = v2.Compose(
         [
             RandomRescale(kwargs["scale"], kwargs["ratio_range"]),
-            RandomCrop(24, kwargs["cat_max_ratio"]),
+            RandomCrop(size, kwargs["cat_max_ratio"]),
             RandomHorizontalFlip(0.5),
             PhotometricDistortion(),
             Normalize(),
+            PadToSize(size),
         ]
     )
-    batch_wise = train_transforms(crop_size=24, batch_wise=True, **kwargs)
+    batch_wise = train_transforms(crop_size=size, batch_wise=True, **kwargs)
     generator = torch.Generator().manual_seed(0)
     expected, parts = [], []
     for i in range(12):
@@ -320,12 +357,16 @@ def test_batch_wise_augmentation_equals_the_per_sample_definition():
         expected.append(definition(*sample))
         torch.manual_seed(1000 + i)
         parts.append(batch_wise(*sample))
-    images, target, draws = (torch.stack(x) for x in zip(*parts, strict=True))
+    images, target, params = (torch.stack(x) for x in zip(*parts, strict=True))
     assert images.dtype == torch.uint8 and target.dtype == torch.uint8
-    got_images, got_target = batch_wise.on_batch(images, target, draws)
+    got_images, got_target = batch_wise.on_batch(images, target, params)
     assert torch.equal(got_images, torch.stack([e[0] for e in expected]))
     assert torch.equal(got_target, torch.stack([e[1] for e in expected]))
     assert got_target.dtype == torch.int64
+    rows, cols, draws = params[:, 0], params[:, 1], params[:, 2:]
+    padded = (rows < size) | (cols < size)
+    assert 0 < padded.sum() < 12 and (rows < size).any() and (cols < size).any()  # crops padded ...
+    assert (draws[padded, 0] > 0.5).any()  # ... and flipped, whose padding stays on the right
     assert 0 < draws[:, 0].sum() < 12  # both flip outcomes ...
     for column in (1, 6, 8):  # ... and several steps of the distortion drawn on and off
         assert 0 < (draws[:, column] > 0.5).sum() < 12
