@@ -1,4 +1,4 @@
-"""The proxy's training images decoded and resized once per machine, for every trial to map.
+"""The proxy's images decoded and resized once per machine, for every trial to map.
 
 A VOC proxy trial trains on 128 px crops of images rescaled to fit 512 x 128 times a ratio in
 [0.5, 2]: decoding a 500 x 375 JPEG and its PNG for each crop costs more than the GPU's step.
@@ -6,6 +6,11 @@ A VOC proxy trial trains on 128 px crops of images rescaled to fit 512 x 128 tim
 rescale can ask for (fit to the scale times the top ratio; never enlarged), and writes them as
 uint8 to one flat file that every trial on the machine maps read-only (the page cache holds one
 copy for all of them). The rescale then runs from the cached image.
+
+The reward split is cached the same way at the evaluation's size (fit to eval_scale): its
+resize then finds the image at the size it asks for and leaves it alone, so the cached reward
+images are the decoded ones, value for value, without the decoding in every trial (Cityscapes:
+298 images of 2048 x 1024, 20-30 s of one core).
 
 Layout: <cache_root>/<dataset>-<key>/{pixels.u8, index.npy, params.json}, where pixels.u8 holds
 each image's (3, h, w) bytes followed by its (h, w) labels and index.npy an (offset, h, w) row
@@ -103,7 +108,7 @@ def _build(source: Dataset, largest: tuple[int, int], folder: Path) -> None:
     workers = min(8, len(os.sched_getaffinity(0)))
     loader = DataLoader(_Shrunk(source, largest), batch_size=None, num_workers=workers)
     started, total, rows, offset = time.perf_counter(), len(source), [], 0
-    print(f"[cache] decoding {total:,} training images into {folder} ...", flush=True)
+    print(f"[cache] decoding {total:,} images into {folder} ...", flush=True)
     try:
         with open(tmp / "pixels.u8", "wb") as out:
             for i, (flat, h, w) in enumerate(loader):

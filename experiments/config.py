@@ -77,7 +77,6 @@ def build_train_set(data: DataConfig, settings: TrainSettings, without_holdout: 
     """The training split with the augmentation of `settings` (SPEC A§5-6); flip, photometric
     distortion and normalisation run batch-wise on the training device (segnets.engine)."""
     from data import build_dataset
-    from data.cache import cached_dataset
     from data.transforms import train_transforms
 
     transform = train_transforms(
@@ -91,12 +90,24 @@ def build_train_set(data: DataConfig, settings: TrainSettings, without_holdout: 
     )
     params = dict(without_holdout=without_holdout, **data.params)
     dataset = build_dataset(data.name, data.root, "train", None, **params)
+    largest = None
+    if settings.scale is not None:  # the largest size the random rescale can ask for
+        largest = [round(side * max(settings.ratio_range)) for side in settings.scale]
+    return with_image_cache(dataset, transform, largest, data, settings.cache_images)
+
+
+def with_image_cache(dataset, transform, largest: list[int] | None, data: DataConfig, cache: bool):
+    """`dataset` (built without a transform) with `transform`. With `cache`, a dataset read from
+    image files and a size `largest` (long, short side) its images are shrunk to fit, the items
+    come from the machine's cache under <data.root>/cache instead (data/cache.py): decoded and
+    shrunk once, for every process that reads them."""
     read_from_files = isinstance(getattr(dataset, "images", None), list)  # not shapes (memory)
-    if not (settings.cache_images and settings.scale is not None and read_from_files):
+    if not (cache and largest is not None and read_from_files):
         dataset.transform = transform
         return dataset
-    largest = tuple(round(side * max(settings.ratio_range)) for side in settings.scale)
-    return cached_dataset(dataset, largest, Path(data.root) / "cache", transform)
+    from data.cache import cached_dataset
+
+    return cached_dataset(dataset, tuple(largest), Path(data.root) / "cache", transform)
 
 
 def preflight(build: Callable[[], Any]) -> None:
