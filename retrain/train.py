@@ -34,6 +34,7 @@ from segnets.engine import (
     train_batches,
     train_steps,
     training_state,
+    usable_cpus,
 )
 from surrogates import METRIC_COLUMNS, METRICS, build_loss
 
@@ -158,7 +159,7 @@ def init_process_group() -> torch.device:
         dist.init_process_group("nccl" if cuda else "gloo")
         # the machine's cores shared by its processes (torch would give each all of them)
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        torch.set_num_threads(max(1, usable_cpus() // local))
     if cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)

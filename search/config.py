@@ -79,8 +79,9 @@ class SearchConfig:
     # successive halving inside each step: rung 1 trains every sample for iterations /
     # reduction^(rungs - 1), each later rung continues the best 1/reduction (and the policy
     # mean) from their checkpoints, reduction times longer; the last rung is the full budget
-    # (rungs 1 = every sample trains the full budget, the reference)
-    rungs: int = 3
+    # (rungs 1 = every sample trains the full budget, the reference). 0 = auto: 3 rungs when a
+    # step's samples exceed the trials that run at once, else 1 (steps.halving_rungs)
+    rungs: int = 0
     reduction: int = 3
     confirm_top_k: int = 1  # confirmation round: the final mean + the k best samples ...
     confirm_seeds: int = 2  # ... each trained with this many new seeds
@@ -139,7 +140,7 @@ def check(config: Config) -> None:
     if search.reward_split not in ("holdout", "val"):
         raise ConfigError(f"search.reward_split must be holdout or val, got {search.reward_split}")
     check_ranges(config)
-    if config.proxy.fit.iterations < search.reduction ** (search.rungs - 1):
+    if search.rungs and config.proxy.fit.iterations < search.reduction ** (search.rungs - 1):
         raise ConfigError(
             f"search.rungs={search.rungs} with search.reduction={search.reduction} leaves the "
             f"first rung less than 1 of proxy.fit.iterations={config.proxy.fit.iterations}"

@@ -30,6 +30,7 @@ from search.config import Config
 from search.space import initial_raw
 from search.trial import build_datasets, build_loss, warm_up_kernels
 from segnets import build_segnet
+from segnets.engine import usable_cpus
 from surrogates import METRICS, SurrogateLoss
 from surrogates.checks import unknown_name
 
@@ -64,7 +65,9 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
             raise ConfigError("--resume takes no METRIC or overrides; the run's config is used")
         cfg = configs.load(run_dir / "config.yaml")
         cfg.ray.address = args.address or cfg.ray.address
-        return cfg, _gpus(None, cfg), run_dir
+        num_gpus = _gpus(None, cfg)
+        cap_cpu_slots(cfg, num_gpus)
+        return cfg, num_gpus, run_dir
     words = list(args.words)
     if not words:
         raise ConfigError("missing METRIC; one of " + ", ".join(METRICS))
@@ -76,7 +79,21 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
     cfg.ray.address = args.address or cfg.ray.address
     if num_gpus and not torch.cuda.device_count() and not cfg.ray.address:
         cfg.search.cpu_slots, num_gpus = num_gpus, 0  # no GPU here: NUM_GPUS counts CPU slots
-    return cfg, _gpus(num_gpus, cfg), None
+    num_gpus = _gpus(num_gpus, cfg)
+    cap_cpu_slots(cfg, num_gpus)
+    return cfg, num_gpus, None
+
+
+def cap_cpu_slots(cfg: Config, num_gpus: int) -> None:
+    """A local CPU search runs at most one trial per usable core (search.cpu_slots, default
+    all of them): more would only share the cores, and a trial's result does not depend on
+    what runs beside it (the same rewards, later). Says so when it lowers what was asked."""
+    if num_gpus or cfg.ray.address:
+        return
+    usable, asked = usable_cpus(), cfg.search.cpu_slots
+    cfg.search.cpu_slots = min(asked or usable, usable)
+    if asked > usable:
+        print(f"[search] {asked} CPU slots asked, {usable} usable cores: {usable} trials at once")
 
 
 def _gpus(requested: int | None, cfg: Config) -> int:

@@ -12,7 +12,6 @@ the whole state, so `Tuner.restore` resumes exactly.
 import math
 import os
 import pickle
-import shutil
 import signal
 import tempfile
 import time
@@ -23,12 +22,14 @@ import torch
 from ray import tune
 from ray.tune.search import Searcher
 
-from results.files import write_json
+from experiments.config import to_yaml
+from results.files import write_json, write_text
 from search import steps
 from search.config import Config
 from search.controllers import build_controller
 from search.space import initial_raw, raw_keys, raw_of
 from search.trial import run_trial
+from segnets.engine import usable_cpus
 
 # Tune's own tables would interleave with our progress lines; verbose=0 silences the old reporter
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -68,8 +69,10 @@ class StepSearcher(Searcher):
         self.running[trial_id] = job
         # the raw vector under the param_space's keys: Tune fills the trial config with them
         config = {key: value for key, value in job.items() if key != "raw"}
-        if job["resume"]:  # a continued rung: the checkpoint its previous trial left to Tune
-            config["resume"] = str(checkpoint_file(self.run_dir, job["resume"]))
+        if job["resume"]:  # a continued rung: the state its previous trial left
+            config["resume"] = str(state_file(self.run_dir, job["resume"]))
+        if job["iterations"] < self.cfg.proxy.fit.iterations:  # a rung the next one continues
+            config["save_to"] = str(state_file(self.run_dir, trial_id))
         return config | dict(zip(raw_keys(self.dims), job["raw"], strict=True))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -77,16 +80,16 @@ class StepSearcher(Searcher):
         if job is None:  # a result Tune re-delivers after a restore, already recorded
             return
         result = dict(result or {})
-        if error or "status" not in result:
+        if error or "status" not in result:  # the machine's doing, as an out-of-memory error
             reason = f"the trial's worker died {RETRIES + 1} times (or Tune failed it)"
-            result.update(status="failed", reason=reason)
+            result.update(status="machine", reason=reason)
         state = self.state
         try:
             if steps.record_result(state, trial_id, job, result, self.cfg.search):
                 step = state.step
                 steps.advance(state, self.controller, self.cfg, self.run_dir, self.started)
-                if state.step != step:  # the step closed: its rungs' checkpoints are spent
-                    self.drop_checkpoints(step)
+                if state.step != step:  # the step closed: its rungs' states are spent
+                    self.drop_states(step)
         except steps.SearchFailed as failure:
             state.phase = "failed"
             write_json(self.run_dir / "failed.json", {"error": str(failure)})
@@ -94,10 +97,10 @@ class StepSearcher(Searcher):
         elapsed = time.time() - self.started
         print(steps.progress_line(state, self.cfg, len(self.running), elapsed), flush=True)
 
-    def drop_checkpoints(self, step: int) -> None:
+    def drop_states(self, step: int) -> None:
         for record in self.state.records:
             if (record["phase"], record["step"]) == ("search", step):
-                shutil.rmtree(checkpoint_file(self.run_dir, record["trial_id"]).parent, True)
+                state_file(self.run_dir, record["trial_id"]).unlink(missing_ok=True)
 
     def save(self, checkpoint_path: str) -> None:
         state = {
@@ -120,13 +123,12 @@ class StepSearcher(Searcher):
         steps.write_run_files(self.state, self.run_dir, self.cfg.search)
 
 
-def checkpoint_file(run_dir: Path, trial_id: str) -> Path:
-    """Where Tune keeps the checkpoint a trial reported (one per trial: checkpoint_000000 of
-    its folder under storage_path/name, see run_search)."""
-    return run_dir / "tune" / f"trial_{trial_id}" / "checkpoint_000000" / CHECKPOINT
-
-
-CHECKPOINT = "model.pth"
+def state_file(run_dir: Path, trial_id: str) -> Path:
+    """The training state a successive-halving trial leaves for the next rung: written once,
+    straight into the trial's own folder (run_search's storage_path/name/trial_dirname), where
+    the run's files are; no copy through the temp directory or Tune's checkpoints. (A cluster
+    needs the run folder on storage every node sees, as Tune's own storage_path does.)"""
+    return run_dir / "tune" / f"trial_{trial_id}" / "rung_state.pth"
 
 
 def raw_space(dims: int) -> dict:
@@ -136,37 +138,47 @@ def raw_space(dims: int) -> dict:
 
 def proxy_trial(config: dict, cfg: Config) -> None:
     """Ray Tune function trainable. `config` is what the searcher suggested: raw_0 ... raw_{D-1},
-    seed, fault (and which phase, step and sample the trial belongs to)."""
-    # Ray sets OMP_NUM_THREADS to the trial's CPUs: one core per trial on CPU
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    seed, fault (and which phase, step and sample the trial belongs to), for a halving rung
+    the state to resume from and the state to save."""
+    # the CPUs Ray gave this trial, not the OMP_NUM_THREADS a user exported: threads, and on a
+    # GPU the loader workers (segnets.engine.loader_workers)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     if config.get("fault") == "kill":  # tests: the worker dies on the first attempt only
         attempted = Path(tempfile.gettempdir()) / f"sls-killed-{tune.get_context().get_trial_id()}"
         if not attempted.exists():
             attempted.touch()
             os.kill(os.getpid(), signal.SIGKILL)
     loss, stop = config.get("loss", "surrogate"), config["iterations"]
-    with tempfile.TemporaryDirectory() as folder:
-        # a successive-halving rung below the full budget leaves a checkpoint to continue from
-        save_to = Path(folder) / CHECKPOINT if stop < cfg.proxy.fit.iterations else None
-        resume_from = config["resume"] or None
-        args = (config["seed"], config.get("fault", ""), loss, stop, resume_from, save_to)
-        result = run_trial(cfg, raw_of(config), *args)
-        result["node"] = ray.get_runtime_context().get_node_id()[:12]
-        result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN: failed
-        saved = save_to is not None and save_to.is_file()
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder) if saved else None)
+    resume_from, save_to = config["resume"] or None, config.get("save_to") or None
+    args = (config["seed"], config.get("fault", ""), loss, stop, resume_from, save_to)
+    result = run_trial(cfg, raw_of(config), *args)
+    result["node"] = ray.get_runtime_context().get_node_id()[:12]
+    result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN: failed
+    tune.report(result)
+
+
+# every trial process finds the loss kernels compiled in inductor's on-disk cache (search/run.py):
+# inductor's pool of compile workers (one per core by default, in every trial) would only idle
+TRIAL_ENV = {"env_vars": {"TORCHINDUCTOR_COMPILE_THREADS": "1"}}
 
 
 def start_ray(cfg: Config, num_gpus: int) -> None:
     """Join the cluster at ray.address, or start a local Ray (one CPU per trial without GPUs:
-    search.cpu_slots, default one per core) with the dashboard."""
+    search.cpu_slots, set by search/run.py) with the dashboard."""
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, logging_level="WARNING", log_to_driver=False)
+        ray.init(
+            address=cfg.ray.address,
+            runtime_env=TRIAL_ENV,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
         print(f"[search] joined the Ray cluster at {cfg.ray.address}: {ray.cluster_resources()}")
         return
     context = ray.init(
-        num_cpus=cfg.search.cpu_slots or os.cpu_count(),
+        num_cpus=(cfg.search.cpu_slots if not num_gpus else 0) or usable_cpus(),
         num_gpus=num_gpus,
+        runtime_env=TRIAL_ENV,
         include_dashboard=cfg.ray.dashboard,
         dashboard_host="127.0.0.1",
         dashboard_port=cfg.ray.dashboard_port,
@@ -207,6 +219,14 @@ def run_search(
     `before_trials()` returns when the trials may start (the kernels compiled meanwhile)."""
     start_ray(cfg, num_gpus)
     resources, concurrent = trial_resources(cfg, num_gpus, ray.cluster_resources())
+    if not cfg.search.rungs:  # auto: decided here, where the slots are known, and kept
+        cfg.search.rungs = steps.halving_rungs(cfg, concurrent)
+        write_text(run_dir / "config.yaml", to_yaml(cfg))  # what --resume reads
+    halving = "on" if cfg.search.rungs > 1 else "off"
+    print(
+        f"[search] successive halving {halving} (search.rungs={cfg.search.rungs}): "
+        f"{cfg.ppo.samples} samples per step, {concurrent} at once"
+    )
     trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources)
     if resume:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_errored=True)

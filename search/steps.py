@@ -48,13 +48,14 @@ class SearchState:
     policy_rows: list[dict] = field(default_factory=list)  # one per closed step
 
 
-FAULTS = ("raise", "nan", "kill")
+FAULTS = ("raise", "nan", "kill", "oom", "oom-always")
 CROSS_ENTROPY = "cross-entropy"  # the confirmation round's CE candidate
 
 
 def parse_faults(text: str) -> dict[tuple[int, int], str]:
     """ "1:2=raise,2:0=nan" -> {(1, 2): "raise", (2, 0): "nan"} (tests only). kill: the trial's
-    worker process is killed (SIGKILL) on its first attempt, as the OOM killer would."""
+    worker process is killed (SIGKILL) on its first attempt, as the OOM killer would; oom: an
+    out-of-memory error on the first attempt (oom-always: on every one)."""
     faults = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         where, _, kind = item.partition("=")
@@ -68,6 +69,22 @@ def parse_faults(text: str) -> dict[tuple[int, int], str]:
 
 
 # --- a step -------------------------------------------------------------------------------------
+
+
+AUTO_RUNGS = 3  # search.rungs=0: the rungs when halving pays
+
+
+def halving_rungs(cfg: Config, concurrent: int) -> int:
+    """search.rungs, with 0 (auto) resolved for `concurrent` trials at once: halving only pays
+    where a step's samples exceed the slots, so that the trials it prunes make room for the
+    waiting ones (a 2-core laptop: 8 samples, 2 slots). Where every sample runs at once (8 GPUs
+    x 4 models, 32 samples) it would only leave slots idle in the later rungs and rank the
+    losses after a fraction of the budget: one rung, the full budget, as the reference."""
+    search = cfg.search
+    if search.rungs:
+        return search.rungs
+    enough = cfg.proxy.fit.iterations >= search.reduction ** (AUTO_RUNGS - 1)
+    return AUTO_RUNGS if cfg.ppo.samples > concurrent and enough else 1
 
 
 def rung_iterations(cfg: Config, rung: int) -> int:
@@ -175,7 +192,8 @@ def close_step(state: SearchState, controller, cfg: Config) -> None:
     """The controller's update from the step's rewards, one per sample, taken at the last rung
     the sample reached. A failed trial counts with search.failure_reward (default: the worst
     reward of its rung), a failed sample 0 (the baseline) with the mean of its rung's
-    successful rewards.
+    successful rewards, and a trial the machine failed (status "machine": out of memory twice,
+    a worker that kept dying) with the baseline: no advantage, it says nothing of the loss.
 
     With successive halving the rewards of different rungs are not comparable (fewer
     iterations score lower), so each sample's advantage over the baseline is taken at its own
@@ -205,7 +223,7 @@ def close_step(state: SearchState, controller, cfg: Config) -> None:
     top = max(baseline)
     for r in samples:
         reward = r["reward"] if r["status"] == "ok" else fallback[r["rung"]]
-        if r["sample"] == 0 and r["status"] != "ok":
+        if r["status"] == "machine" or (r["sample"] == 0 and r["status"] != "ok"):
             reward = baseline[r["rung"]]
         r["reward_used"] = (
             reward if r["rung"] == top else reward - baseline[r["rung"]] + baseline[top]

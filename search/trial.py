@@ -2,10 +2,13 @@
 split with the exact metric (SPEC B4). Plain Python, no Ray: `run_trial` is what the Ray
 adapter's trainable (search/searcher.py) calls in each trial.
 
-A trial never raises for a bad loss: an exception, an out-of-memory error or a non-finite loss
-comes back as status "failed" with the reason, so the search records it and goes on.
+A trial never raises for a bad loss: an exception or a non-finite loss comes back as status
+"failed" with the reason, so the search records it and goes on. An out-of-memory error is the
+machine's doing (trials packed on one GPU peaked together), not the loss's: the trial runs once
+more, and a second one comes back as status "machine", which the policy update leaves neutral.
 """
 
+import gc
 import math
 import time
 import traceback
@@ -21,7 +24,14 @@ from experiments.config import build_train_set
 from search.config import Config
 from search.space import ce_weight, to_theta
 from segnets import build_segnet
-from segnets.engine import NonFiniteLossError, TrainStats, evaluate, fit, seed_everything
+from segnets.engine import (
+    NonFiniteLossError,
+    TrainStats,
+    evaluate,
+    fit,
+    memory_format,
+    seed_everything,
+)
 from surrogates import METRIC_COLUMNS, SurrogateLoss
 from surrogates.fused import compiling
 from surrogates.losses import CrossEntropy
@@ -43,20 +53,31 @@ def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss
     )
 
 
-def warm_up_kernels(cfg: Config, loss_fn: SurrogateLoss) -> float:
+def warm_up_kernels(
+    cfg: Config,
+    loss_fn: SurrogateLoss,
+    device: str | None = None,
+    layout: torch.memory_format | None = None,
+) -> float:
     """Compile the loss's fused kernels in this process, on the trials' device, before any
     trial starts: the code lands in inductor's on-disk cache, where each trial's process finds
     it (a few seconds of tracing instead of ~15 s of compiling, on every worker at once).
-    Dynamic shapes: one small batch serves every size. Seconds spent, 0 when not compiling."""
+    The logits have the shape and memory layout the engine trains with (the batch and crop,
+    NHWC on CUDA): dynamo guards the kernels' graphs on the batch size and on the strides, so
+    a warm-up of another batch or layout leaves every trial to compile its own. Seconds spent,
+    0 when not compiling."""
     if not compiling():
         return 0.0
     start = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    size, classes = cfg.proxy.crop_size, loss_fn.num_classes
-    logits = torch.randn(2, classes, size, size, device=device, requires_grad=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fit_cfg, classes = cfg.proxy.fit, loss_fn.num_classes
+    shape = (fit_cfg.batch_size, classes, cfg.proxy.crop_size, cfg.proxy.crop_size)
+    logits = torch.randn(shape, device=device)
+    logits = logits.contiguous(memory_format=layout or memory_format(fit_cfg, device))
+    logits.requires_grad_(True)
     # every class in the batch, then half of them (bf1 computes only the classes present)
     for present in (classes, max(2, classes // 2)):
-        target = torch.randint(0, present, (2, size, size), device=device)
+        target = torch.randint(0, present, (shape[0], *shape[2:]), device=device)
         loss_fn.to(device)(logits, target).backward()
     return time.perf_counter() - start
 
@@ -94,48 +115,77 @@ def run_trial(
 ) -> dict:
     """Train and score one sample (loss "ce": cross-entropy instead, a confirmation-round
     baseline). A successive-halving rung trains to iteration `stop` of the proxy schedule,
-    from the checkpoint `resume_from` of the sample's previous rung, and saves its own to
+    from the training state `resume_from` of the sample's previous rung, and saves its own to
     `save_to` for the next. Returns {"status", "reason", "seconds", metrics...}."""
     start = time.perf_counter()
-    try:
-        if fault == "raise":
-            raise RuntimeError("injected fault (search.faults)")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        train_set, reward_set = build_datasets(cfg)
-        num_classes = train_set.num_classes
-        if loss == "ce":
-            loss_fn = CrossEntropy(ignore_index=train_set.ignore_index, num_classes=num_classes)
-        else:
-            loss_fn = build_loss(cfg, raw, num_classes)
-        if fault == "nan":
-            loss_fn = _explodes(loss_fn, at_iteration=2)
-        seed_everything(seed)
-        model = build_segnet(cfg.proxy.model, num_classes, **cfg.proxy.model_args)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        fit_cfg = replace(cfg.proxy.fit, seed=seed, quiet=True)
-        stats = fit(model, loss_fn, train_set, fit_cfg, device, stop, resume_from, save_to)
-        metrics = evaluate(
-            model,
-            eval_loader(reward_set, cfg.proxy.eval_batch_size),
-            num_classes,
-            device,
-            tolerance=cfg.search.tolerance,
-            drop_background=cfg.search.reward_drop_background,
-        )
-        result = {k: metrics[k] for k in METRIC_COLUMNS} | {"status": "ok", "reason": ""}
-        result |= speed_columns(stats, device)
-        if not math.isfinite(result[cfg.search.metric]):
-            reason = f"{cfg.search.metric} undefined on the reward split"
-            result.update(status="failed", reason=reason)
-    except NonFiniteLossError as error:
-        result = {"status": "failed", "reason": str(error)}
-    except Exception as error:  # noqa: BLE001 - any failure is recorded, the search goes on
-        last = traceback.format_exception_only(error)[-1].strip()
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            last = "out of memory: " + last
-        result = {"status": "failed", "reason": last[:300]}
+    for attempt in range(1, OOM_ATTEMPTS + 1):
+        try:
+            if fault == "raise":
+                raise RuntimeError("injected fault (search.faults)")
+            if fault == "oom-always" or (fault == "oom" and attempt == 1):
+                raise torch.OutOfMemoryError("injected out of memory (search.faults)")
+            result = train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault)
+        except NonFiniteLossError as error:
+            result = {"status": "failed", "reason": str(error)}
+        except Exception as error:  # noqa: BLE001 - any failure is recorded, the search goes on
+            last = traceback.format_exception_only(error)[-1].strip()[:300]
+            result = {"status": "failed", "reason": last}
+            if out_of_memory(error):
+                del error  # its traceback holds the frames' tensors
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if attempt < OOM_ATTEMPTS:
+                    continue
+                reason = f"out of memory on {attempt} attempts (the machine's, not the loss's): "
+                result = {"status": "machine", "reason": reason + last}
+        break
     result["seconds"] = time.perf_counter() - start
+    return result
+
+
+OOM_ATTEMPTS = 2  # an out-of-memory trial runs once more before it counts as the machine's
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """An out-of-memory error, also where torch.compile wrapped it in one of its own."""
+    while error is not None:
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault="") -> dict:
+    """run_trial's work, which raises: data, loss, proxy net, fit, the reward's metrics."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_set, reward_set = build_datasets(cfg)
+    num_classes = train_set.num_classes
+    if loss == "ce":
+        loss_fn = CrossEntropy(ignore_index=train_set.ignore_index, num_classes=num_classes)
+    else:
+        loss_fn = build_loss(cfg, raw, num_classes)
+    if fault == "nan":
+        loss_fn = _explodes(loss_fn, at_iteration=2)
+    seed_everything(seed)
+    model = build_segnet(cfg.proxy.model, num_classes, **cfg.proxy.model_args)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    fit_cfg = replace(cfg.proxy.fit, seed=seed, quiet=True)
+    stats = fit(model, loss_fn, train_set, fit_cfg, device, stop, resume_from, save_to)
+    metrics = evaluate(
+        model,
+        eval_loader(reward_set, cfg.proxy.eval_batch_size),
+        num_classes,
+        device,
+        tolerance=cfg.search.tolerance,
+        drop_background=cfg.search.reward_drop_background,
+    )
+    result = {k: metrics[k] for k in METRIC_COLUMNS} | {"status": "ok", "reason": ""}
+    result |= speed_columns(stats, device)
+    if not math.isfinite(result[cfg.search.metric]):
+        reason = f"{cfg.search.metric} undefined on the reward split"
+        result.update(status="failed", reason=reason)
     return result
 
 

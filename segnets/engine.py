@@ -18,6 +18,7 @@ rng_state       the RNG states a checkpoint carries (plain tensors: loads with w
 """
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -203,16 +204,21 @@ def setup_training(
     world_size = process_rank()[1]
     if uses_sync_bn(cfg, world_size, device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BN layers in place
-    model.to(device)
+    model.to(device, memory_format=memory_format(cfg, device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
     net = model
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return net, make_optimizer(model, cfg)
+
+
+def memory_format(cfg: FitConfig, device: torch.device) -> torch.memory_format:
+    """The layout the engine trains in, weights, images and so logits: NHWC on CUDA with
+    cfg.channels_last (faster convolutions on tensor cores), else NCHW."""
+    nhwc = cfg.channels_last and torch.device(device).type == "cuda"
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def uses_sync_bn(cfg: FitConfig, world_size: int, device: torch.device) -> bool:
@@ -245,13 +251,31 @@ def train_batches(train_set, cfg: FitConfig, device: torch.device, start: int = 
     return (tuple(batch) for batch in moved)
 
 
+MAX_LOADER_WORKERS = 8  # per process: a GPU's batches need a few, not a big host's 100
+
+
 def loader_workers(cfg: FitConfig, device: torch.device) -> int:
     """cfg.workers, or when None: on CUDA one process fewer than this process's CPU threads
-    (a search trial's share of the machine, or a retrain process's; at least 1), on CPU none
-    (the cores are the trials' or the processes' own)."""
+    (a search trial's share of the machine, or a retrain process's; at least 1, at most
+    MAX_LOADER_WORKERS), on CPU none (the cores are the trials' or the processes' own)."""
     if cfg.workers is not None:
         return cfg.workers
-    return max(1, torch.get_num_threads() - 1) if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    return min(MAX_LOADER_WORKERS, max(1, torch.get_num_threads() - 1))
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, Slurm, a container's
+    cpuset) and a cgroup v2 CPU quota (docker --cpus), not os.cpu_count()'s whole host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read: the affinity alone
+    return max(1, cores or 1)
 
 
 def train_steps(
@@ -273,7 +297,7 @@ def train_steps(
     """
     rank, world_size = process_rank()
     autocast = device.type == "cuda" and cfg.amp
-    channels_last = device.type == "cuda" and cfg.channels_last
+    layout = memory_format(cfg, device)
     logging = not cfg.quiet and cfg.log_every > 0  # the same on every rank: reads all-reduce
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
@@ -286,8 +310,7 @@ def train_steps(
         waited = time.perf_counter()
         images, target = next(batches)  # on the device (train_batches)
         stats.data_seconds += time.perf_counter() - waited
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = net(images)
         # our models' classifiers make float32 logits inside autocast (segnets.models.Classifier):
@@ -379,8 +402,10 @@ def fit(
     stop = cfg.iterations if stop is None else stop
     batches = train_batches(train_set, cfg, device, start)
     stats = train_steps(net, optimizer, loss_fn, batches, cfg, device, start, stop)
-    if save_to is not None:
-        torch.save(training_state(model, optimizer, stop), save_to)
+    if save_to is not None:  # whole or not at all: a trial killed while saving runs again
+        partial = Path(save_to).with_suffix(".partial")
+        torch.save(training_state(model, optimizer, stop), partial)
+        partial.replace(save_to)
     return stats
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from segnets.engine import usable_cpus
 from surrogates import SurrogateLoss
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def test_search_leaves_a_complete_run_folder(finished):
     for name in ("config.yaml", "trials.csv", "policy.csv", "miou_bezier.yaml", "summary.json"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "tune").is_dir()
-    assert f"no GPU: trials run on CPU, one thread each, {os.cpu_count()} at a time" in done.stdout
+    assert f"no GPU: trials run on CPU, one thread each, {usable_cpus()} at a time" in done.stdout
     assert "Ray dashboard: http://127.0.0.1:8265" in done.stdout
     assert "retrain: ./launch.sh retrain" in done.stdout and "vs identity " in done.stdout
 
@@ -147,8 +148,9 @@ def interrupt_and_resume(args, tmp_path, data_root, written: str) -> Path:
 
 def test_successive_halving_resumes_rungs_from_checkpoints_and_after_ctrl_c(finished, tmp_path):
     """Two rungs: every sample trains 4 of 8 iterations, the best 2 and the mean continue from
-    Tune's checkpoints to 8. Ctrl-C once the first rung's checkpoints exist: the resumed search
-    ends exactly as an uninterrupted one, and spent checkpoints are removed."""
+    the training states the first rung left in its trials' folders, to 8. Ctrl-C once the first
+    rung's states exist: the resumed search ends exactly as an uninterrupted one, and spent
+    states are removed."""
     data_root = finished[2] / "data"
     halving = ["ppo.samples=4", "search.rungs=2", "search.reduction=2", "ray.dashboard=false"]
     args = ["miou", *NO_FAULTS, *halving]
@@ -160,7 +162,7 @@ def test_successive_halving_resumes_rungs_from_checkpoints_and_after_ctrl_c(fini
     continued = [t for t in trials if t["rung"] == "1" and t["phase"] == "search"]
     assert len(continued) >= 2 * 2 and all(t["trained"] == "4" for t in continued)
     assert all(t["status"] == "ok" for t in trials)
-    for t in continued:  # each started from the checkpoint its first-rung trial reported
+    for t in continued:  # each started from the state its first-rung trial saved
         params = json.loads(
             (reference / "tune" / f"trial_{t['trial_id']}" / "params.json").read_text()
         )
@@ -169,12 +171,12 @@ def test_successive_halving_resumes_rungs_from_checkpoints_and_after_ctrl_c(fini
             for f in trials
             if (f["step"], f["sample"], f["rung"]) == (t["step"], t["sample"], "0")
         )
-        assert params["resume"].endswith(f"trial_{first['trial_id']}/checkpoint_000000/model.pth")
-    assert not list((reference / "tune").glob("trial_*/checkpoint_*"))  # spent: removed
+        assert params["resume"].endswith(f"trial_{first['trial_id']}/rung_state.pth")
+    assert not list((reference / "tune").glob("trial_*/rung_state.*"))  # spent: removed
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["iterations"] == sum(int(t["trained"]) for t in trials)
 
-    run_dir = interrupt_and_resume(args, tmp_path, data_root, "tune/trial_*/checkpoint_000000")
+    run_dir = interrupt_and_resume(args, tmp_path, data_root, "tune/trial_*/rung_state.pth")
     assert read_csv(run_dir / "policy.csv") == read_csv(reference / "policy.csv")
     ours = json.loads((run_dir / "summary.json").read_text())
     assert ours["reward"] == summary["reward"] and ours["raw"] == summary["raw"]
@@ -201,12 +203,14 @@ def test_trials_spread_over_a_two_node_cluster(finished, tmp_path):
 
 @pytest.mark.parametrize("controller", ["random", "cmaes", "tpe"])
 def test_other_controllers_run_end_to_end(controller, finished, tmp_path):
-    # NUM_GPUS=3 on a machine without GPUs: 3 trials at once
+    # NUM_GPUS=3 on a machine without GPUs: 3 trials at once, at most one per usable core
     args = ["miou", "3", *NO_FAULTS, f"search.controller={controller}", "ray.dashboard=false"]
     done = search(args, tmp_path, finished[2] / "data")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "trials run on CPU, one thread each, 3 at a time" in done.stdout
-    assert "cpu_slots: 3" in (the_run(tmp_path) / "config.yaml").read_text()  # kept for --resume
+    slots = min(3, usable_cpus())
+    assert f"trials run on CPU, one thread each, {slots} at a time" in done.stdout
+    assert f"cpu_slots: {slots}" in (the_run(tmp_path) / "config.yaml").read_text()  # for --resume
+    assert ("3 CPU slots asked" in done.stdout) == (slots < 3)
     run_dir = the_run(tmp_path)
     rows = read_csv(run_dir / "trials.csv")
     assert sum(r["phase"] == "search" for r in rows) == 2 * 3

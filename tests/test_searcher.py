@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from experiments.config import ConfigError
 from search import config as configs
@@ -427,9 +428,9 @@ def test_successive_halving_continues_the_best_and_the_mean_from_their_checkpoin
     assert {c["sample"] for c in rungs[2]} == {c["sample"] for c in best2} | {0}
     rows = [r for r in read_csv(tmp_path / "trials.csv") if r["phase"] == "search"]
     ids = {(r["step"], r["sample"], r["rung"]): r["trial_id"] for r in rows}
-    for c in rungs[1] + rungs[2]:  # continued from the checkpoint of the sample's last trial
+    for c in rungs[1] + rungs[2]:  # continued from the state of the sample's last trial
         previous = ids["1", str(c["sample"]), str(c["rung"] - 1)]
-        expected = tmp_path / "tune" / f"trial_{previous}" / "checkpoint_000000" / "model.pth"
+        expected = tmp_path / "tune" / f"trial_{previous}" / "rung_state.pth"
         assert c["resume"] == str(expected) and c["start"] == {1: 75, 2: 150}[c["rung"]]
 
     step_rows = [r for r in rows if r["step"] == "1"]
@@ -562,3 +563,121 @@ def test_without_the_identity_candidate_the_identity_can_still_win_as_a_sample(t
     suggested = drive(tune_searcher(cfg, tmp_path), results=identity_is_best)
     names = {c["candidate"] for c in suggested if c["phase"] == "confirm"}
     assert names == {"final mean", "step 1 sample 0", "preset asl-voc-miou", "cross-entropy"}
+
+
+def test_the_warm_up_compiles_the_shape_and_layout_the_engine_trains_with(tmp_path, monkeypatch):
+    """Graphs counted by dynamo: after the warm-up, the loss on a training batch in the
+    engine's layout compiles nothing more, another layout would (so the count sees it). On CUDA
+    the engine trains NHWC, which the CPU stands in for here."""
+    from torch._dynamo.utils import counters
+
+    from search.trial import build_loss, warm_up_kernels
+    from segnets.engine import memory_format
+    from surrogates import fused
+
+    monkeypatch.setattr(fused, "_enabled", True)  # the suite runs eager (conftest.py)
+    cfg = tiny_config(tmp_path)
+    assert memory_format(cfg.proxy.fit, torch.device("cuda")) == torch.channels_last
+    assert memory_format(cfg.proxy.fit, torch.device("cpu")) == torch.contiguous_format
+    loss = build_loss(cfg, initial_raw("miou"), 7)
+    torch._dynamo.reset()
+    counters.clear()
+    warm_up_kernels(cfg, loss, "cpu", torch.channels_last)
+    batch, crop = cfg.proxy.fit.batch_size, cfg.proxy.crop_size
+
+    def graphs_after(layout) -> int:
+        before = counters["stats"]["unique_graphs"]
+        logits = torch.randn(batch, 7, crop, crop).contiguous(memory_format=layout)
+        loss(logits.requires_grad_(True), torch.randint(0, 7, (batch, crop, crop))).backward()
+        return counters["stats"]["unique_graphs"] - before
+
+    assert graphs_after(torch.channels_last) == 0
+    assert graphs_after(torch.contiguous_format) > 0
+    assert fused._enabled, "compilation failed on this machine"
+
+
+def test_halving_is_on_by_default_only_where_samples_wait_for_slots(tmp_path):
+    from search.steps import halving_rungs
+
+    cfg = tiny_config(tmp_path, **{"search.rungs": "0", "proxy.fit.iterations": "300"})
+    cfg.ppo.samples = 8
+    assert halving_rungs(cfg, concurrent=2) == 3  # a 2-core laptop: 8 samples, 2 at a time
+    assert halving_rungs(cfg, concurrent=8) == 1
+    cfg.ppo.samples = 32
+    assert halving_rungs(cfg, concurrent=32) == 1  # 8 GPUs x 4 models: all at once
+    assert halving_rungs(cfg, concurrent=16) == 3
+    cfg.proxy.fit.iterations = 8  # too short for 3 rungs of a reduction of 3
+    assert halving_rungs(cfg, concurrent=2) == 1
+    cfg.search.rungs = 2  # set explicitly: kept
+    assert halving_rungs(cfg, concurrent=32) == 2
+
+
+@pytest.mark.parametrize("fault,status", [("oom", "ok"), ("oom-always", "machine")])
+def test_out_of_memory_runs_again_once_and_is_the_machines_fault(tmp_path, fault, status):
+    from search.trial import run_trial
+
+    tiny = {
+        "proxy.fit.iterations": "4", "proxy.fit.batch_size": "4", "proxy.crop_size": "24",
+        "data.params": "{size: 32, train: 24, holdout: 12, val: 4, test: 4}",
+    }  # fmt: skip
+    result = run_trial(tiny_config(tmp_path, **tiny), initial_raw("miou"), seed=3, fault=fault)
+    assert result["status"] == status, result["reason"]
+    if status == "machine":
+        assert "out of memory on 2 attempts" in result["reason"]
+
+
+def test_a_trial_the_machine_failed_leaves_the_policy_update_neutral(tmp_path):
+    """Out of memory twice (or a worker that kept dying) says nothing of the loss: the sample
+    counts with the baseline, an advantage of 0, not with the step's worst reward."""
+    searcher = tune_searcher(tiny_config(tmp_path), tmp_path)
+    jobs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    for trial_id, config in jobs.items():
+        result = toy_result(raw_of(config))
+        if trial_id == "t2":
+            result = {"status": "machine", "reason": "out of memory on 2 attempts"}
+        searcher.on_trial_complete(trial_id, result)
+    rows = {r["trial_id"]: r for r in read_csv(tmp_path / "trials.csv")}
+    assert rows["t2"]["status"] == "machine"
+    assert float(rows["t2"]["reward_used"]) == float(rows["t0"]["reward_used"])
+
+
+AFFINITY_SCRIPT = """
+import os, sys
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # as taskset -c, Slurm or a cpuset
+from search.run import parse_args, plan
+from segnets.engine import usable_cpus
+cfg, gpus, _ = plan(parse_args(["miou", "8", "data=shapes", "data.root=" + sys.argv[1]]))
+print("usable", usable_cpus(), "slots", cfg.search.cpu_slots, "gpus", gpus)
+"""
+
+
+def test_cpu_counts_follow_the_affinity_not_the_host(tmp_path):
+    """A process limited to one core sees one usable core (not os.cpu_count()'s host), and
+    NUM_GPUS=8 on a CPU-only machine runs as many trials as there are usable cores, saying so."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", AFFINITY_SCRIPT, str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "8 CPU slots asked, 1 usable cores: 1 trials at once" in done.stdout
+    assert done.stdout.strip().endswith("usable 1 slots 1 gpus 0")
+
+
+def test_loader_workers_take_the_process_threads_up_to_a_cap():
+    from segnets.engine import MAX_LOADER_WORKERS, FitConfig, loader_workers
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert loader_workers(FitConfig(), torch.device("cuda")) == 2  # one for the trainer
+        torch.set_num_threads(100)  # a one-GPU retrain on a big host
+        assert loader_workers(FitConfig(), torch.device("cuda")) == MAX_LOADER_WORKERS
+        assert loader_workers(FitConfig(), torch.device("cpu")) == 0
+        assert loader_workers(FitConfig(workers=12), torch.device("cuda")) == 12
+    finally:
+        torch.set_num_threads(threads)
