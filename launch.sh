@@ -8,18 +8,30 @@ usage() {
   cat <<USAGE
 usage: ./launch.sh COMMAND [ARGS...]
 
-commands:
-  search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
-                                             search a surrogate loss for METRIC
-  search --resume RUN_DIR [--address ADDR]   continue an interrupted search
-  retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
-                                             retrain a full-size model with a searched loss
-  retrain --resume RUN_DIR                   continue an interrupted retrain
-  report RUN_DIR [RUN_DIR ...]               plots and a Markdown summary of runs
-  test [PYTEST_ARGS...]   run the test suite (what CI runs)
-  bench NAME [ARGS...]    run bench/NAME.py (losses, metrics, train_step, search_overhead,
-                          quality, controllers, gpu, fidelity)
-  setup                   create or update .venv and exit
+  search METRIC [NUM_GPUS] [key=value ...] [--address ADDR] [--results DIR]
+      search a surrogate loss for METRIC (miou fwiou macc gacc biou bf1); NUM_GPUS defaults to
+      every visible GPU, 4 trials on each; without a GPU, CPU trials, at most one per core
+  search --resume RUN_DIR [--address ADDR]
+      continue an interrupted search
+  retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce] [--results DIR]
+      retrain a full-size model with a loss file (a search's export, or one of
+      experiments/retrain/); NUM_GPUS > 1 runs DDP (gloo processes on a CPU)
+  retrain --resume RUN_DIR
+      continue an interrupted retrain
+  report RUN_DIR [RUN_DIR ...]
+      report.md and plots of search and retrain runs
+  bench NAME [ARGS ...]
+      run bench/NAME.py: losses metrics train_step search_overhead gpu quality fidelity
+      controllers
+  test [PYTEST_ARGS ...]
+      run the test suite (what CI runs)
+  setup
+      create or update .venv and exit
+  help
+      this text
+
+key=value: any dotted config key, e.g. data=voc ppo.steps=4 retrain.fit.iterations=2000.
+--address ADDR (or RAY_ADDRESS): join a Ray cluster. Details: README.md and docs/.
 USAGE
 }
 
