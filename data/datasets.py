@@ -3,9 +3,11 @@ and `resolve_dataset("auto", root)`: VOC if present under root, else Cityscapes,
 shapes (DESIGN.md). The readers are imported by their builder, only when used.
 
 Every dataset has a `holdout` split for the search's reward (SPEC B4): shapes draws it from its own
-random stream; voc and cityscapes hold out every HOLDOUT_EVERY-th image of their train list, and
-`without_holdout=True` gives the train split without those images (what the proxy trains on)."""
+random stream; voc and cityscapes hold out a fraction of their train list (`holdout_fraction`,
+the key data.params.holdout_fraction), and `without_holdout=True` gives the train split without
+those images (what the proxy trains on)."""
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,9 @@ from surrogates.checks import unknown_name
 DEFAULT_ROOT = Path(__file__).resolve().parent  # dataset files live in data/ (git-ignored)
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}  # name -> builder(root, split, transform, **kw)
-HOLDOUT_EVERY = 10  # voc, cityscapes: images 0, 10, 20, ... of the sorted train list
+# voc, cityscapes: the share of the train list held out for the reward; 0.1 is images 0, 10,
+# 20, ... (docs/data.md: the reward's seed spread at two fractions, bench/holdout.py)
+HOLDOUT_FRACTION = 0.1
 
 
 def register_dataset(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
@@ -53,39 +57,78 @@ def shapes(
 
 @register_dataset
 def voc(
-    root: Path, split: str, transform=None, aug: bool | None = None, without_holdout: bool = False
+    root: Path,
+    split: str,
+    transform=None,
+    aug: bool | None = None,
+    without_holdout: bool = False,
+    holdout_fraction: float = HOLDOUT_FRACTION,
 ) -> Dataset:
     from data.voc import VOCSegmentation
 
+    check_holdout_fraction(holdout_fraction)
     if split == "holdout":
-        return _hold_out(VOCSegmentation(root, "train", transform, aug=aug), "holdout")
+        dataset = VOCSegmentation(root, "train", transform, aug=aug)
+        return _hold_out(dataset, "holdout", holdout_fraction)
     dataset = VOCSegmentation(root, split, transform, aug=aug)
-    return _hold_out(dataset, "rest") if without_holdout and split == "train" else dataset
+    if without_holdout and split == "train":
+        return _hold_out(dataset, "rest", holdout_fraction)
+    return dataset
 
 
 @register_dataset
-def cityscapes(root: Path, split: str, transform=None, without_holdout: bool = False) -> Dataset:
+def cityscapes(
+    root: Path,
+    split: str,
+    transform=None,
+    without_holdout: bool = False,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+) -> Dataset:
     from data.cityscapes import Cityscapes
 
+    check_holdout_fraction(holdout_fraction)
     if split == "holdout":
-        return _hold_out(Cityscapes(root / "cityscapes", "train", transform), "holdout")
+        dataset = Cityscapes(root / "cityscapes", "train", transform)
+        return _hold_out(dataset, "holdout", holdout_fraction)
     dataset = Cityscapes(root / "cityscapes", split, transform)
-    return _hold_out(dataset, "rest") if without_holdout and split == "train" else dataset
+    if without_holdout and split == "train":
+        return _hold_out(dataset, "rest", holdout_fraction)
+    return dataset
 
 
-def _hold_out(dataset: Dataset, part: str) -> Dataset:
-    """Keep the held-out images of a train split (part="holdout") or the others ("rest"):
-    every HOLDOUT_EVERY-th image among those whose labels are in the evaluation's style (VOC:
-    VOC's own labels with their void bands, not SBD's; `voc_labelled`), so that the reward's
+def check_holdout_fraction(value) -> None:
+    """A number strictly between 0 and 1: 0 would leave the reward no image, 1 the proxy none
+    of those it may hold out."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and 0 < value < 1):
+        raise ValueError(
+            f"data.params.holdout_fraction must be a number in (0, 1), got {value!r} "
+            f"(default {HOLDOUT_FRACTION})"
+        )
+
+
+def held_out_positions(count: int, fraction: float) -> list[int]:
+    """Positions round(k / fraction), k = 0, 1, ..., below `count`: a `fraction` of the
+    positions, spread evenly from the first; 0.1 gives 0, 10, 20, ..."""
+    positions = []
+    while (position := round(len(positions) / fraction)) < count:
+        positions.append(position)
+    return positions
+
+
+def _hold_out(dataset: Dataset, part: str, fraction: float) -> Dataset:
+    """Keep the held-out images of a train split (part="holdout") or the others ("rest"): a
+    `fraction` of those whose labels are in the evaluation's style, evenly spread (VOC: VOC's
+    own labels with their void bands, not SBD's; `voc_labelled`), so that the reward's
     boundary metrics are measured on the same kind of labels as val."""
     style = getattr(dataset, "voc_labelled", [True] * len(dataset.images))
     candidates = [i for i, ok in enumerate(style) if ok]
-    held = set(candidates[::HOLDOUT_EVERY])
+    held = {candidates[p] for p in held_out_positions(len(candidates), fraction)}
     keep = [i for i in range(len(dataset.images)) if (i in held) == (part == "holdout")]
     if not keep:
         raise ValueError(
-            f"the train split has {len(dataset.images)} image(s): too few to hold out every "
-            f"{HOLDOUT_EVERY}th for the search's reward (use search.reward_split=val)"
+            f"the train split has {len(dataset.images)} image(s): too few to hold out "
+            f"{fraction:g} of them for the search's reward (use search.reward_split=val)"
         )
     for name in ("ids", "images", "labels", "voc_labelled"):  # the lists the readers index
         if hasattr(dataset, name):

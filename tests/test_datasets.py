@@ -1,5 +1,9 @@
 """The VOC and Cityscapes readers on tiny trees written in the real formats (fixtures_datasets)."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import fixtures_datasets as fx
 import numpy as np
 import PIL.Image
@@ -16,6 +20,7 @@ from data.voc import VOCSegmentation
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+LAUNCH = Path(__file__).resolve().parent.parent / "launch.sh"
 TRAIN, VAL = ["2007_000032", "2007_000039"], ["2007_000033"]
 AUG_ONLY = ["2008_000002", "2011_003276"]  # SBD ids with no SegmentationClass PNG
 
@@ -461,3 +466,45 @@ def test_a_train_split_too_small_to_hold_out_from_is_named(tmp_path):
     fx.make_voc(tmp_path, {"train": TRAIN[:1]})
     with pytest.raises(ValueError, match="has 1 image.*use search.reward_split=val"):
         build_dataset("voc", tmp_path, "train", without_holdout=True)  # its one image is held out
+
+
+def test_the_holdout_fraction_key_sets_the_share_held_out(tmp_path):
+    """data.params.holdout_fraction: a fraction of the train list, evenly spread from the first
+    image (0.25 of 12: images 0, 4, 8), held out of the proxy's training set."""
+    from data import build_dataset
+
+    fx.make_voc(tmp_path, {"train": [f"2007_{n:06d}" for n in range(12)], "val": VAL})
+    fx.make_cityscapes(tmp_path / "cityscapes", {"train": {"aachen": 7, "bochum": 5}})
+    for name in ("voc", "cityscapes"):
+        train = build_dataset(name, tmp_path, "train", holdout_fraction=0.25)
+        holdout = build_dataset(name, tmp_path, "holdout", holdout_fraction=0.25)
+        rest = build_dataset(name, tmp_path, "train", without_holdout=True, holdout_fraction=0.25)
+        assert holdout.images == [train.images[i] for i in (0, 4, 8)], name
+        assert sorted(holdout.images + rest.images) == sorted(train.images) and len(rest) == 9
+        half = build_dataset(name, tmp_path, "holdout", holdout_fraction=0.5)
+        assert half.images == train.images[::2], name
+
+
+@pytest.mark.parametrize("value", [0, 1, -0.1, 1.5, float("nan"), True, "0.2", None])
+def test_a_bad_holdout_fraction_is_refused_naming_it(tmp_path, value):
+    from data import build_dataset
+
+    fx.make_voc(tmp_path, {"train": TRAIN, "val": VAL})
+    for split in ("train", "val", "holdout"):  # checked whichever split is read
+        with pytest.raises(ValueError, match=r"holdout_fraction must be a number in \(0, 1\)"):
+            build_dataset("voc", tmp_path, split, holdout_fraction=value)
+
+
+@pytest.mark.parametrize("command", [["search", "miou"], ["retrain", "miou_bezier.yaml"]])
+def test_a_bad_holdout_fraction_is_one_line_and_exit_2(tmp_path, command):
+    """Through the real commands: exit 2 and one line naming the key and the value, before a
+    run folder, a cache or Ray exists (the commands' preflight)."""
+    fx.make_voc(tmp_path, {"train": [f"2007_{n:06d}" for n in range(12)], "val": VAL})
+    words = ["data=voc", f"data.root={tmp_path}", "data.params.holdout_fraction=1.5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [LAUNCH, *command, *words], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "data.params.holdout_fraction must be a number in (0, 1), got 1.5" in done.stderr
+    assert not (tmp_path / "cache").exists()
