@@ -331,11 +331,32 @@ class SurrogateLoss(nn.Module):
         n, c = z.shape[:2]
         edges = _gt_edges(labels, valid, c)  # (N, H, W), no gradient
         near_gt = dilate_or(class_bits(labels, edges, c), self.tolerance)  # GT edge classes <= r
+        if _dense_recall(z.device):
+            sums = self._bf1_sums_dense(z, labels, edges, near_gt)
+        else:
+            sums = self._bf1_sums_sparse(z, labels, edges, near_gt)
+        sums = [self._by_group(s) for s in sums]
+        n_gt, n_pr, match_pr, match_gt = self._sync(*sums)
+        precision = match_pr / (n_pr + self.eps)
+        recall = match_gt / (n_gt + self.eps)
+        f1 = 2 * precision * recall / (precision + recall + self.eps)
+        present = n_gt > 0
+        if self.drop_background:
+            present[:, 0] = False
+        present = present.to(f1.dtype)
+        # No GT edge at all: S = 0 with zero gradient (the reference returns NaN).
+        per_group = (f1 * present).sum(1) / present.sum(1).clamp(min=1)
+        return _mean_over_groups(per_group, present.sum(1) > 0)
+
+    def _bf1_sums_sparse(self, z, labels, edges, near_gt) -> list[torch.Tensor]:
+        """(N, C) n_gt, n_pr, match_pr, match_gt from the GT edge pixels' list (CPU): the
+        recall's window maxima at those pixels alone, for the classes with GT edges alone."""
+        n, c = z.shape[:2]
         image, y, x = edges.nonzero(as_tuple=True)
         edge_class = labels[image, y, x]
         n_gt = torch.bincount(image * c + edge_class, minlength=n * c).view(n, c).to(z.dtype)
         # Only classes with a GT edge somewhere in the batch (of every process the loss spans)
-        # enter the mean below, and a class's soft edges depend on its own channel alone: the
+        # enter the class mean, and a class's soft edges depend on its own channel alone: the
         # others are skipped (a VOC image holds 2-3 of the 21 classes).
         with_edges = n_gt.sum(0)
         if self._world_size() > 1:
@@ -349,19 +370,27 @@ class SurrogateLoss(nn.Module):
         slot = torch.cumsum(with_edges, 0) - 1  # class -> its position in classes
         pair = image * len(classes) + slot[edge_class]  # (image, slot) of each GT edge pixel
         sums = _SoftBoundarySums.apply(z, self.tables, near_gt, classes, pair, y, x, self.tolerance)
-        n_pr, match_pr, match_gt = (z.new_zeros(n, c).index_copy(1, classes, s) for s in sums)
-        sums = [self._by_group(s) for s in (n_gt, n_pr, match_pr, match_gt)]
-        n_gt, n_pr, match_pr, match_gt = self._sync(*sums)
-        precision = match_pr / (n_pr + self.eps)
-        recall = match_gt / (n_gt + self.eps)
-        f1 = 2 * precision * recall / (precision + recall + self.eps)
-        present = n_gt > 0
-        if self.drop_background:
-            present[:, 0] = False
-        present = present.to(f1.dtype)
-        # No GT edge at all: S = 0 with zero gradient (the reference returns NaN).
-        per_group = (f1 * present).sum(1) / present.sum(1).clamp(min=1)
-        return _mean_over_groups(per_group, present.sum(1) > 0)
+        return [n_gt, *(z.new_zeros(n, c).index_copy(1, classes, s) for s in sums)]
+
+    def _bf1_sums_dense(self, z, labels, edges, near_gt) -> list[torch.Tensor]:
+        """The same sums with nothing that waits for the GPU (nonzero, bincount and any would,
+        ~8 times a step): every class, and the recall's window maxima over the whole soft-edge
+        maps (max_pool2d, as the reference computes them), read at the GT edge pixels."""
+        n, c = z.shape[:2]
+        class_of = torch.arange(c, device=z.device).view(1, c, 1, 1)
+        gt_edges = edges.unsqueeze(1) & (labels.unsqueeze(1) == class_of)  # (N, C, H, W)
+        n_gt = gt_edges.sum((2, 3)).to(z.dtype)
+        classes, nothing = class_of.view(c), labels.new_zeros(0)
+        sums = _SoftBoundarySums.apply(
+            z, self.tables, near_gt, classes, nothing, nothing, nothing, self.tolerance, gt_edges
+        )
+        return [n_gt, *sums]
+
+
+def _dense_recall(device: torch.device) -> bool:
+    """bf1's sums without a host sync (`_bf1_sums_dense`) off the CPU, where a sync stalls the
+    GPU's queue; on the CPU the sparse sums do less work and nothing waits."""
+    return device.type != "cpu"
 
 
 def _mean_over_groups(per_group: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
@@ -554,9 +583,13 @@ _REGION_CHUNK_ELEMENTS = 2**20
 _BOUNDARY_CHUNK_ELEMENTS = 2**22  # bf1's per-call costs are higher: 8 x 21 x 128^2 is one call
 
 
-def _boundary_sums(z, tables, near_gt, classes, pair, y, x, radius: int, subset: bool):
+def _boundary_sums(
+    z, tables, near_gt, classes, pair, y, x, radius: int, subset: bool, gt_edges=None
+):
     """The forward of `_SoftBoundarySums` on some images: (n_pr, match_pr, match_gt) and what
-    backward keeps (p_all, first_min, grad_p, grad_e, argmax)."""
+    backward keeps (p_all, first_min, grad_p, grad_e, argmax). The recall's window maxima at
+    the GT edge pixels (pair, y, x), or with `gt_edges` (N, C, H, W) over every pixel, read at
+    those of gt_edges."""
     n, c = len(z), len(classes)
     p_all = _fused_softmax(z)
     p = p_all.index_select(1, classes) if subset else p_all
@@ -564,6 +597,10 @@ def _boundary_sums(z, tables, near_gt, classes, pair, y, x, radius: int, subset:
     edges, grad_p, grad_e = _fused_soft_edges(p.reshape(-1), e.reshape(-1), tables)
     edges = edges.view_as(p)
     n_pr, match_pr = _fused_edge_sums(edges, near_gt, classes)
+    if gt_edges is not None:  # argmax: flat index in each (image, class) plane
+        best, argmax = F.max_pool2d(edges, 2 * radius + 1, 1, radius, return_indices=True)
+        match_gt = (best * gt_edges).sum((2, 3))
+        return (n_pr, match_pr, match_gt), (p_all, first_min, grad_p, grad_e, argmax)
     # recall needs max_window B at each GT edge pixel, for its own class
     h, w = p.shape[-2:]
     hp, wp = h + 2 * radius, w + 2 * radius
@@ -584,13 +621,18 @@ def _boundary_sums(z, tables, near_gt, classes, pair, y, x, radius: int, subset:
 
 
 def _boundary_sums_backward(
-    saved, near_gt, classes, pair, subset: bool, g_n_pr, g_match_pr, g_match_gt
+    saved, near_gt, classes, pair, subset: bool, g_n_pr, g_match_pr, g_match_gt, gt_edges=None
 ):
     """dLoss/dz of `_boundary_sums` on the same images."""
     p_all, first_min, grad_p, grad_e, argmax = saved
     p = p_all.index_select(1, classes) if subset else p_all
     g_recall = torch.zeros_like(p).view(-1)  # each GT edge pixel's, at its window's max
-    g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
+    if gt_edges is not None:
+        g_gt = g_match_gt.unsqueeze(-1).unsqueeze(-1) * gt_edges  # (N, C, H, W)
+        g_recall = g_recall.view(*p.shape[:2], -1)
+        g_recall.scatter_add_(2, argmax.flatten(2), g_gt.flatten(2))
+    else:
+        g_recall.index_add_(0, argmax, g_match_gt.reshape(-1)[pair])
     return _fused_soft_edges_backward(
         p, first_min, grad_p.view_as(p), grad_e.view_as(p), near_gt, classes,
         g_n_pr, g_match_pr, g_recall.view_as(p), p_all if subset else None,
@@ -605,8 +647,9 @@ class _SoftBoundarySums(torch.autograd.Function):
     autograd would keep. Large batches run a few images at a time (`_image_chunks`)."""
 
     @staticmethod
-    def forward(ctx, z, tables, near_gt, classes, pair, y, x, radius):
-        """Sums (N, K) for the K channels `classes`; pair = image * K + slot of a GT edge pixel."""
+    def forward(ctx, z, tables, near_gt, classes, pair, y, x, radius, gt_edges=None):
+        """Sums (N, K) for the K channels `classes`; pair = image * K + slot of a GT edge pixel,
+        or, with gt_edges (N, K, H, W), the GT edge pixels of each class (see _boundary_sums)."""
         k = len(classes)
         ctx.subset = k < z.shape[1]
         ctx.chunks = _image_chunks(z, _BOUNDARY_CHUNK_ELEMENTS)
@@ -619,15 +662,16 @@ class _SoftBoundarySums(torch.autograd.Function):
             chunk_sums, chunk_saved = _boundary_sums(
                 z[images], tables, near_gt[images], classes, pair[pixels] - images.start * k,
                 y[pixels], x[pixels], radius, ctx.subset,
+                None if gt_edges is None else gt_edges[images],
             )  # fmt: skip
             sums.append(chunk_sums)
             saved += chunk_saved
-        ctx.save_for_backward(near_gt, classes, pair, *saved)
+        ctx.save_for_backward(near_gt, classes, pair, gt_edges, *saved)
         return tuple(_joined(s) for s in zip(*sums, strict=True))
 
     @staticmethod
     def backward(ctx, g_n_pr, g_match_pr, g_match_gt):
-        near_gt, classes, pair, *saved = ctx.saved_tensors
+        near_gt, classes, pair, gt_edges, *saved = ctx.saved_tensors
         k, per_chunk = len(classes), len(saved) // len(ctx.chunks)
         grad = [
             _boundary_sums_backward(
@@ -639,10 +683,11 @@ class _SoftBoundarySums(torch.autograd.Function):
                 g_n_pr[images],
                 g_match_pr[images],
                 g_match_gt[images],
+                None if gt_edges is None else gt_edges[images],
             )
             for j, (images, pixels) in enumerate(zip(ctx.chunks, ctx.pixels, strict=True))
         ]
-        return _joined(grad), *([None] * 7)
+        return _joined(grad), *([None] * 8)
 
 
 class _AllGather(torch.autograd.Function):

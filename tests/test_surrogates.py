@@ -386,3 +386,34 @@ def test_bf1_skips_classes_without_gt_edges_exactly(drop_background):
     assert abs(float(ours - ref)) < 1e-10
     assert torch.allclose(ours_grad, ref_grad, atol=1e-10, rtol=1e-6)
     assert ours_grad[:, 2].abs().max() > 0  # absent classes still get the softmax's gradient
+
+
+@pytest.mark.parametrize("case", ["blobs", "plateaus", "absent classes", "channels_last"])
+def test_bf1_dense_sums_match_the_reference(case, monkeypatch):
+    """Off the CPU bf1 takes its dense sums, with nothing that waits for the device: every
+    class, and the recall's window maxima from max_pool2d over all pixels. The loss and the
+    gradient stay the reference's, ties on plateaus included, in either memory layout."""
+    monkeypatch.setattr(surrogate_module, "_dense_recall", lambda device: True)
+    logits, target = data()
+    if case == "plateaus":
+        logits = random_logits(2, C, 6, 5, seed=7).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    if case == "absent classes":
+        target = torch.where(target == 4, 3, target)
+    if case == "channels_last":  # the engine's logits on CUDA
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    difference, ours_grad, ref_grad = bf1_against_reference(logits, target)
+    assert difference < 1e-10
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-12, rtol=1e-9)
+
+
+def test_bf1_waits_for_nothing_off_the_cpu():
+    """On the meta device no value exists, so an op that needs one (nonzero, bincount, any: a
+    host sync on a GPU) raises; bf1's forward and backward run through. (The forward's autocast
+    has no meta device: the surrogate itself is called.)"""
+    logits, target = data(torch.float32)
+    loss = SurrogateLoss("bf1", PRESETS["asl-voc-bf1"], C, tolerance=2).to("meta")
+    z = logits.to("meta").requires_grad_(True)
+    valid = target.to("meta") != 255
+    value = 1 - loss._bf1(z, torch.where(valid, target.to("meta"), 0).long(), valid)
+    value.backward()
+    assert value.shape == () and z.grad.shape == logits.shape
