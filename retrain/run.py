@@ -35,12 +35,15 @@ from segnets import build_segnet
 from surrogates import METRICS
 
 RESULTS = REPO / "results" / "retrain"
-USAGE = """./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce]
+USAGE = """./launch.sh retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce] [--results DIR]
        ./launch.sh retrain --resume RUN_DIR
 
-FILE: a searched-loss file (what a search exports), or a name in experiments/retrain/
-(miou_bezier.yaml ... bf1_bezier.yaml, ce.yaml). NUM_GPUS > 1 runs DDP (on CPU: gloo processes).
-Keys: data=shapes|voc|cityscapes|auto and any dotted key (retrain.fit.iterations=2000, ...)."""
+FILE: a search's export (<metric>_bezier.yaml), or a name in experiments/retrain/
+(miou_bezier.yaml ... bf1_bezier.yaml, ce.yaml). NUM_GPUS: processes (default: every visible
+GPU, one without); NUM_GPUS > 1 runs DDP (gloo processes on a CPU). --baseline ce: also train
+cross-entropy with the same settings and compare. Keys: data=shapes|voc|cityscapes|auto and any
+dotted key (retrain.fit.iterations=2000, retrain.prediction=rankdice, ...).
+Details: docs/retrain.md."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

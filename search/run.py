@@ -35,12 +35,14 @@ from surrogates import METRICS, SurrogateLoss
 from surrogates.checks import unknown_name
 
 RESULTS = REPO / "results" / "search"
-USAGE = """./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR]
+USAGE = """./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR] [--results DIR]
        ./launch.sh search --resume RUN_DIR [--address ADDR]
 
-METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: all visible; without a
-GPU: CPU trials at once, default one per core). Keys: data=shapes|voc|cityscapes|auto, any
-dotted key of the config (ppo.steps=4, proxy.fit.iterations=300, search.seed=1, ...)."""
+METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: every visible GPU,
+search.models_per_gpu trials on each); without a GPU, CPU trials with one thread each, at most
+one per usable core (NUM_GPUS is capped there). Keys: data=shapes|voc|cityscapes|auto and any
+dotted key (ppo.steps=4, proxy.fit.iterations=300, search.rungs=1, search.seed=1, ...).
+Details: docs/search.md."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
