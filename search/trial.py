@@ -36,7 +36,8 @@ from surrogates import METRIC_COLUMNS, SurrogateLoss
 from surrogates.fused import compiling
 from surrogates.losses import CrossEntropy
 
-SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb")  # what speed_columns() adds to a result
+# what speed_columns() adds to a result: the training speed, and where a trial's seconds went
+SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb", "setup_s", "train_s", "state_s", "eval_s")
 
 
 def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss:
@@ -158,6 +159,7 @@ def out_of_memory(error: BaseException) -> bool:
 
 def train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault="") -> dict:
     """run_trial's work, which raises: data, loss, proxy net, fit, the reward's metrics."""
+    started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train_set, reward_set = build_datasets(cfg)
     num_classes = train_set.num_classes
@@ -172,7 +174,9 @@ def train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault="") 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     fit_cfg = replace(cfg.proxy.fit, seed=seed, quiet=True)
+    built = time.perf_counter()
     stats = fit(model, loss_fn, train_set, fit_cfg, device, stop, resume_from, save_to)
+    trained = time.perf_counter()
     metrics = evaluate(
         model,
         eval_loader(reward_set, cfg.proxy.eval_batch_size),
@@ -183,6 +187,12 @@ def train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault="") 
     )
     result = {k: metrics[k] for k in METRIC_COLUMNS} | {"status": "ok", "reason": ""}
     result |= speed_columns(stats, device)
+    result |= {
+        "setup_s": built - started,  # datasets, loss, network
+        "train_s": stats.seconds,
+        "state_s": trained - built - stats.seconds,  # to the device, a rung's state in and out
+        "eval_s": time.perf_counter() - trained,  # the reward split
+    }
     if not math.isfinite(result[cfg.search.metric]):
         reason = f"{cfg.search.metric} undefined on the reward split"
         result.update(status="failed", reason=reason)
@@ -192,7 +202,7 @@ def train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault="") 
 def speed_columns(stats: TrainStats, device: str) -> dict:
     """Training speed of a trial for trials.csv: iterations per second (after the first, which
     carries the start-up), the share of the time spent waiting for data, the GPU's peak memory
-    in GiB (NaN on CPU)."""
+    in GiB (NaN on CPU). train_and_score adds the seconds of each part (SPEED_COLUMNS)."""
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else math.nan
     return {
         "it_per_s": stats.iterations_per_second,

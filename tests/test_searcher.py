@@ -624,6 +624,10 @@ def test_out_of_memory_runs_again_once_and_is_the_machines_fault(tmp_path, fault
     assert result["status"] == status, result["reason"]
     if status == "machine":
         assert "out of memory on 2 attempts" in result["reason"]
+    else:  # where the (second attempt's) seconds went, for trials.csv
+        parts = [result[k] for k in ("setup_s", "train_s", "state_s", "eval_s")]
+        assert all(v >= 0 for v in parts) and result["train_s"] > 0
+        assert sum(parts) <= result["seconds"]
 
 
 def test_a_trial_the_machine_failed_leaves_the_policy_update_neutral(tmp_path):
