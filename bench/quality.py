@@ -28,6 +28,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from segnets.engine import usable_cpus
+
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
 LOSSES = ("ce", "searched", "preset", "identity")
@@ -45,7 +47,7 @@ def launch(*args: str, log: Path | None = None, threads: int | None = None) -> N
 
 def threads_per_job(jobs: int) -> int | None:
     """Threads of each of `jobs` retrains run at once: cores / jobs; None (torch's own) alone."""
-    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    return max(1, usable_cpus() // jobs) if jobs > 1 else None
 
 
 def finished_run(folder: Path, marker: str) -> Path | None:

@@ -18,12 +18,13 @@ Run: ./launch.sh bench search_overhead [--run RUN_DIR] [key=value ...]
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from segnets.engine import usable_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 # one rung: every trial the same length, as measured before successive halving became default
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--run", help="a finished search run folder to analyse")
     parser.add_argument("overrides", nargs="*", help="extra key=value for the search")
     args = parser.parse_args()
-    slots = os.cpu_count() or 1
+    slots = usable_cpus()  # what the search runs at once (search/run.py)
     if args.run:
         analyse(Path(args.run), None, slots)
         return
