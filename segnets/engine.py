@@ -14,7 +14,9 @@ train_steps     iterations [start, stop): poly schedule with optional linear war
 fit             all of it, from scratch or from a saved `training_state`: what a proxy trial
                 trains
 evaluate        exact `SegMetrics` over a loader with a prediction procedure (max, T, rankdice)
-rng_state       the RNG states a checkpoint carries (plain tensors: loads with weights_only)
+training_state  what a checkpoint carries (plain tensors: loads with weights_only), every
+                process's RNG states among them; load_training_state reads one back on any device
+usable_cpus     the cores this process may use (affinity, cgroup quota), for threads and workers
 """
 
 import math
@@ -346,7 +348,7 @@ def train_steps(
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
     """What continues a training exactly: weights, optimizer state, iteration, and the RNG states
     of every process (rank order). Under torch.distributed a collective: every rank calls it."""
-    rank, world_size = process_rank()
+    world_size = process_rank()[1]
     states = [rng_state()]
     if world_size > 1:  # each rank draws its own dropout masks: each needs its own state back
         states = [None] * world_size
