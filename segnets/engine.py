@@ -406,6 +406,7 @@ def fit(
     stats = train_steps(net, optimizer, loss_fn, batches, cfg, device, start, stop)
     if save_to is not None:  # whole or not at all: a trial killed while saving runs again
         partial = Path(save_to).with_suffix(".partial")
+        partial.parent.mkdir(parents=True, exist_ok=True)
         torch.save(training_state(model, optimizer, stop), partial)
         partial.replace(save_to)
     return stats

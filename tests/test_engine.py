@@ -167,12 +167,13 @@ def test_a_state_resumed_on_another_device_restores_the_rng(shapes_root, tmp_pat
     torch.set_rng_state refused them) loads its weights, its momentum and the RNG states."""
     cfg = FitConfig(iterations=4, batch_size=4, quiet=True)
     model = make_model(aux=True)
-    fit(model, build_loss("ce"), train_set(shapes_root), cfg, stop=2, save_to=tmp_path / "s.pth")
-    saved = torch.load(tmp_path / "s.pth", weights_only=True)
+    path = tmp_path / "trial" / "s.pth"  # a folder Tune may not have made yet
+    fit(model, build_loss("ce"), train_set(shapes_root), cfg, stop=2, save_to=path)
+    saved = torch.load(path, weights_only=True)
     expected = torch.rand(8)  # the draws that follow the saved state
     elsewhere = make_model(seed=5, aux=True).to("meta")
     optimizer = make_optimizer(elsewhere, cfg)
-    assert load_training_state(tmp_path / "s.pth", elsewhere, optimizer) == 2
+    assert load_training_state(path, elsewhere, optimizer) == 2
     assert torch.equal(torch.rand(8), expected)
     momentum = next(iter(optimizer.state.values()))["momentum_buffer"]
     assert momentum.device.type == "meta" and len(saved["rng"]) == 1
