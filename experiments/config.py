@@ -73,6 +73,35 @@ class TrainSettings:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
+@dataclass
+class FullSizeSettings(TrainSettings):
+    """The full-size model and its training (reference A§6: R101 DeepLabV3+ OS 8, 512 px
+    crops of images rescaled to fit 2048 x 512, batch 32, 10k SGD iterations): the retrain's,
+    and the search's confirmation round at search.confirm_fidelity > 0. The dataset profile's
+    `retrain:` section sets both."""
+
+    model_args: dict[str, Any] = field(
+        default_factory=lambda: {
+            "backbone": "resnet101",
+            "output_stride": 8,
+            "aux": True,
+            "pretrained_backbone": "imagenet",  # torchvision's weights API, the torch hub cache
+        }
+    )
+    scale: list[int] | None = field(default_factory=lambda: [2048, 512])
+    eval_scale: list[int] | None = field(default_factory=lambda: [2048, 512])  # whole images
+    fit: FitConfig = field(
+        default_factory=lambda: FitConfig(
+            iterations=10_000,
+            batch_size=32,  # over all processes (reference: 4 GPUs x 8)
+            lr=0.02,
+            eval_every=2000,
+            checkpoint_every=1000,
+            seed=1,
+        )
+    )
+
+
 def build_train_set(data: DataConfig, settings: TrainSettings, without_holdout: bool = False):
     """The training split with the augmentation of `settings` (SPEC A§5-6); flip, photometric
     distortion and normalisation run batch-wise on the training device (segnets.engine)."""
@@ -281,7 +310,9 @@ RANGES = {
          "cpu_slots", "dashboard_port", "processes", "rungs"],
         _NON_NEGATIVE,
     ),
-    **dict.fromkeys(["momentum", "aux_weight", "region_weight", "cat_max_ratio"], _UNIT),
+    **dict.fromkeys(
+        ["momentum", "aux_weight", "region_weight", "cat_max_ratio", "confirm_fidelity"], _UNIT
+    ),
     "samples": (">= 2 (the first is the policy mean)", lambda v: v >= 2),
     "reduction": (">= 2", lambda v: v >= 2),
 }  # fmt: skip

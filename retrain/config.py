@@ -20,7 +20,7 @@ from experiments.config import (
     EXPERIMENTS,
     ConfigError,
     DataConfig,
-    TrainSettings,
+    FullSizeSettings,
     check_ranges,
     check_values_present,
     dataset_choice,
@@ -28,7 +28,7 @@ from experiments.config import (
     set_key,
 )
 from experiments.config import load as load_file
-from segnets.engine import PREDICTIONS, FitConfig
+from segnets.engine import PREDICTIONS
 
 RETRAIN_FILES = EXPERIMENTS / "retrain"
 # free-form mappings: the loss builder, the model builder and the dataset check their keys
@@ -38,30 +38,10 @@ SECTION_TYPES = {"loss": dict, "data": dict, "retrain": dict, "search": dict, "n
 
 
 @dataclass
-class RetrainSettings(TrainSettings):
-    """The full-size model and its training (reference A§6: R101 DeepLabV3+ OS 8, 512 px
-    crops of images rescaled to fit 2048 x 512, batch 32, 10k SGD iterations)."""
+class RetrainSettings(FullSizeSettings):
+    """The full-size model, its training (experiments.config.FullSizeSettings) and its
+    evaluation."""
 
-    model_args: dict[str, Any] = field(
-        default_factory=lambda: {
-            "backbone": "resnet101",
-            "output_stride": 8,
-            "aux": True,
-            "pretrained_backbone": "imagenet",  # torchvision's weights API, the torch hub cache
-        }
-    )
-    scale: list[int] | None = field(default_factory=lambda: [2048, 512])
-    eval_scale: list[int] | None = field(default_factory=lambda: [2048, 512])  # whole images
-    fit: FitConfig = field(
-        default_factory=lambda: FitConfig(
-            iterations=10_000,
-            batch_size=32,  # over all processes (reference: 4 GPUs x 8)
-            lr=0.02,
-            eval_every=2000,
-            checkpoint_every=1000,
-            seed=1,
-        )
-    )
     eval_split: str = "val"
     prediction: str = "max"  # max | T | rankdice
     classes: list[int] | None = None  # class-of-interest subset of the reported means

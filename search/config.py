@@ -4,12 +4,14 @@
                     <-  key=value overrides on the command line
 
 The dataset profile comes after the metric file because it sizes what depends on the data:
-image size, boundary tolerance in pixels, the proxy network and the budget. An unknown key or
-a wrong type or a value out of its range is a one-line `ConfigError` naming it
-(experiments/config.py holds the layering both stages share).
+image size, boundary tolerance in pixels, the proxy network and the budget. Its `retrain:`
+section also sets `confirm:`, the training of the confirmation round at
+search.confirm_fidelity > 0 (the retrain's network and crops, a fraction of its iterations).
+An unknown key or a wrong type or a value out of its range is a one-line `ConfigError` naming
+it (experiments/config.py holds the layering both stages share).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from experiments.config import (
     EXPERIMENTS,
     ConfigError,
     DataConfig,
+    FullSizeSettings,
     TrainSettings,
     check_ranges,
     dataset_choice,
@@ -33,7 +36,7 @@ from surrogates import METRICS
 from surrogates.checks import unknown_name
 
 # free-form argument mappings, whose keys the dataset or model constructor checks
-OPEN_MAPPINGS = ("data.params", "proxy.model_args")
+OPEN_MAPPINGS = ("data.params", "proxy.model_args", "confirm.model_args")
 
 
 @dataclass
@@ -57,6 +60,13 @@ class ProxyConfig(TrainSettings):
     )
     eval_crop: int | None = 128  # reward images centre-cropped to this size; None: whole
     cache_images: bool = True  # decoded once per machine for all trials (data/cache.py)
+
+
+@dataclass
+class ConfirmSettings(FullSizeSettings):
+    """The confirmation round's training at search.confirm_fidelity = f > 0: the retrain's
+    network, crops and schedule (the profile's `retrain:` section) over f x its iterations,
+    scored on the reward split as the retrain evaluates, whole images at eval_scale."""
 
 
 @dataclass
@@ -84,7 +94,10 @@ class SearchConfig:
     rungs: int = 0
     reduction: int = 3
     confirm_top_k: int = 1  # confirmation round: the final mean + the k best samples ...
-    confirm_seeds: int = 2  # ... each trained with this many new seeds
+    confirm_seeds: int = 2  # ... each trained with this many new seeds ...
+    # ... on the proxy (0, as the steps) or, f in (0, 1], on the retrain's network and crops for
+    # f x its iterations (confirm:): a fidelity that ranks good losses as the retrain does
+    confirm_fidelity: float = 0.0
     confirm_identity: bool = False  # ... and the identity curve (the plain soft metric)
     # cross-entropy and the metric's published preset (asl-voc-<metric>) are candidates too:
     # the export is never worse on the proxy than the loss a user would have used anyway
@@ -106,6 +119,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -118,7 +132,9 @@ def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None
     config = OmegaConf.structured(Config)
     merge_file(config, EXPERIMENTS / "search" / f"{metric}.yaml", OPEN_MAPPINGS)
     name, root = dataset_choice(overrides.pop("data", None), overrides.get("data.root"), data_root)
-    merge_file(config, EXPERIMENTS / "data" / f"{name}.yaml", OPEN_MAPPINGS, skip=("retrain",))
+    profile = EXPERIMENTS / "data" / f"{name}.yaml"
+    merge_file(config, profile, OPEN_MAPPINGS, skip=("retrain",))
+    merge_file(config, profile, OPEN_MAPPINGS, layer={"confirm": confirm_layer(profile)})
     for key, value in overrides.items():
         set_key(config, key, value, OPEN_MAPPINGS)
     config.data.name = name
@@ -127,6 +143,23 @@ def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None
     result: Config = OmegaConf.to_object(config)
     check(result)
     return result
+
+
+def confirm_layer(profile: Path) -> dict:
+    """The profile's `retrain:` keys that describe a training (not its evaluation protocol)."""
+    if not profile.is_file():
+        return {}
+    section = OmegaConf.to_container(OmegaConf.load(profile)).get("retrain") or {}
+    keys = {f.name for f in fields(ConfirmSettings)}
+    return {key: value for key, value in section.items() if key in keys}
+
+
+def confirm_iterations(config: Config) -> int:
+    """Iterations of a confirmation trial: the proxy's at fidelity 0, else f x the retrain's."""
+    fidelity = config.search.confirm_fidelity
+    if not fidelity:
+        return config.proxy.fit.iterations
+    return max(1, round(fidelity * config.confirm.fit.iterations))
 
 
 def check(config: Config) -> None:

@@ -157,7 +157,9 @@ def report(run_dir: Path) -> int:
         f"[search] best: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
         f"seed(s) vs {versus or 'no baseline'}"
     )
-    print(f"[search] {s['iterations']} proxy training iterations")
+    confirmed = s.get("confirm_iterations", 0)
+    extra = f" + {confirmed} on the confirmation's network" if confirmed else ""
+    print(f"[search] {s['iterations']} proxy training iterations{extra}")
     if s["loss"] == "ce":
         print("[search] no searched loss beat cross-entropy: the export retrains with CE")
     else:

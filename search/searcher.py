@@ -151,7 +151,8 @@ def proxy_trial(config: dict, cfg: Config) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
     loss, stop = config.get("loss", "surrogate"), config["iterations"]
     resume_from, save_to = config["resume"] or None, config.get("save_to") or None
-    args = (config["seed"], config.get("fault", ""), loss, stop, resume_from, save_to)
+    fidelity = config.get("fidelity", "proxy")
+    args = (config["seed"], config.get("fault", ""), loss, stop, resume_from, save_to, fidelity)
     result = run_trial(cfg, raw_of(config), *args)
     result["node"] = ray.get_runtime_context().get_node_id()[:12]
     result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN: failed
@@ -219,6 +220,14 @@ def run_search(
     `before_trials()` returns when the trials may start (the kernels compiled meanwhile)."""
     start_ray(cfg, num_gpus)
     resources, concurrent = trial_resources(cfg, num_gpus, ray.cluster_resources())
+    # a confirmation trial on the retrain's network (search.confirm_fidelity > 0) has a GPU alone
+    shared_gpu = "gpu" in resources
+    whole = {"cpu": resources["cpu"] * cfg.search.models_per_gpu, "gpu": 1} if shared_gpu else {}
+
+    def resources_of(config: dict) -> tune.PlacementGroupFactory:
+        wanted = whole if whole and config.get("fidelity") == "confirm" else resources
+        return tune.PlacementGroupFactory([{key.upper(): n for key, n in wanted.items()}])
+
     if not cfg.search.rungs:  # auto: decided here, where the slots are known, and kept
         cfg.search.rungs = steps.halving_rungs(cfg, concurrent)
         write_text(run_dir / "config.yaml", to_yaml(cfg))  # what --resume reads
@@ -227,7 +236,8 @@ def run_search(
         f"[search] successive halving {halving} (search.rungs={cfg.search.rungs}): "
         f"{cfg.ppo.samples} samples per step, {concurrent} at once"
     )
-    trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources)
+    print(f"[search] training: {steps.planned_training(cfg)}", flush=True)
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, cfg=cfg), resources_of)
     if resume:
         tuner = tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_errored=True)
     else:

@@ -25,7 +25,7 @@ import scipy.stats
 import yaml
 
 from results.files import write_csv, write_json, write_text
-from search.config import Config, SearchConfig
+from search.config import Config, SearchConfig, confirm_iterations
 from search.space import ce_weight, curve_dims, initial_raw, raw_keys, to_theta
 from search.trial import SPEED_COLUMNS
 from surrogates import METRIC_COLUMNS, PRESETS
@@ -164,7 +164,8 @@ def record_result(
         "candidate": job.get("candidate", ""),
         "seed": job["seed"],
         "iterations": job["iterations"],  # where its training stopped ...
-        "trained": job["iterations"] - job["start"],  # ... and how many of them it trained
+        "trained": job["iterations"] - job["start"],  # ... and how many of them it trained ...
+        "fidelity": job.get("fidelity", "proxy"),  # ... of which network (search.trial)
         "status": result.get("status", "failed"),
         "reason": result.get("reason", ""),
         "reward": reward,
@@ -266,7 +267,10 @@ def rung_tau(rows: list[dict]) -> float:
 
 
 def _full_budget(record: dict, cfg: Config) -> bool:
-    return record["iterations"] == cfg.proxy.fit.iterations
+    """A proxy trained to the full budget (not a halving rung, not the confirmation's
+    full-size network)."""
+    proxy = record.get("fidelity", "proxy") == "proxy"
+    return proxy and record["iterations"] == cfg.proxy.fit.iterations
 
 
 # --- the confirmation round and the export ----------------------------------------------------
@@ -275,7 +279,8 @@ def _full_budget(record: dict, cfg: Config) -> bool:
 def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
     """The final mean, the top-k distinct samples, (search.confirm_identity) the identity curve
     and (search.confirm_baselines) the metric's published preset and cross-entropy, each with
-    the same new seeds."""
+    the same new seeds, trained on the proxy or (search.confirm_fidelity > 0) on the retrain's
+    network and crops for a fraction of its iterations."""
     searched = sorted(
         (
             r
@@ -304,6 +309,7 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
         candidates.append((CROSS_ENTROPY, identity[1]))  # raw unused
         losses.append("ce")
     state.phase, state.step, state.rung = "confirm", state.step + 1, cfg.search.rungs - 1
+    fidelity = "confirm" if cfg.search.confirm_fidelity else "proxy"
     state.queue = [
         {
             "phase": "confirm",
@@ -316,7 +322,8 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             "loss": loss,
             "rung": state.rung,
             "start": 0,
-            "iterations": cfg.proxy.fit.iterations,
+            "iterations": confirm_iterations(cfg),
+            "fidelity": fidelity,
             "resume": "",
         }
         for index, ((name, raw), loss) in enumerate(zip(candidates, losses, strict=True))
@@ -377,9 +384,15 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         "candidates": {name: score[0] for name, score in scores.items()},
         "baselines": baselines,
         "trials": len(state.records),
-        "iterations": sum(r["trained"] for r in state.records),  # proxy training iterations
+        "iterations": trained_iterations(state.records, "proxy"),
+        "confirm_iterations": trained_iterations(state.records, "confirm"),
         "failed": sum(r["status"] != "ok" for r in state.records),
     }
+
+
+def trained_iterations(records: list[dict], fidelity: str) -> int:
+    """Training iterations the trials did on the proxy, or on the confirmation's network."""
+    return sum(r["trained"] for r in records if r.get("fidelity", "proxy") == fidelity)
 
 
 def loss_section(search: SearchConfig, raw: list[float]) -> dict:
@@ -435,8 +448,8 @@ def write_run_files(state: SearchState, run_dir: Path, search: SearchConfig) -> 
     """trials.csv (a row per finished trial) and policy.csv (a row per closed step)."""
     keys = raw_keys(len(initial_raw(search.metric, search.ce_mix)))
     columns = [
-        "trial_id", "phase", "step", "sample", "rung", "iterations", "trained", "candidate",
-        "seed", "status", "reward",
+        "trial_id", "phase", "step", "sample", "rung", "iterations", "trained", "fidelity",
+        "candidate", "seed", "status", "reward",
         "reward_used", *METRIC_COLUMNS, "seconds", *SPEED_COLUMNS, "node", "reason", *keys,
         *[key.replace("raw_", "theta_") for key in keys[: curve_dims(search.metric)]],
         "ce_weight",
@@ -475,6 +488,28 @@ def progress_line(state: SearchState, cfg: Config, running: int, elapsed: float)
     return (
         f"[search] {where} | trials {done}/{total} done, {running} running, {failed} failed | "
         f"best {cfg.search.metric} {best} | {_clock(elapsed)} elapsed, ETA {_clock(eta)}"
+    )
+
+
+def planned_training(cfg: Config) -> str:
+    """The training a search plans, for its first lines: proxy iterations of the steps (with
+    halving, the planned rung sizes and the policy mean; ties may add a few) and of the
+    confirmation round, which may train another network (search.confirm_fidelity)."""
+    search, step, done = cfg.search, 0, 0
+    for rung, size in enumerate(rung_sizes(cfg)):
+        stop = rung_iterations(cfg, rung)
+        step += (size + (rung > 0)) * (stop - done)  # + the policy mean, which always continues
+        done = stop
+    candidates = 1 + search.confirm_top_k + search.confirm_identity + 2 * search.confirm_baselines
+    trials = candidates * search.confirm_seeds
+    network = "the proxy"
+    if search.confirm_fidelity:
+        confirm = cfg.confirm
+        network = f"{confirm.model} {confirm.model_args}, {confirm.crop_size} px crops"
+    return (
+        f"about {cfg.ppo.steps * step:,} proxy iterations in {cfg.ppo.steps} steps, then a "
+        f"confirmation of up to {trials} trials x {confirm_iterations(cfg):,} iterations on "
+        f"{network}"
     )
 
 

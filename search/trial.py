@@ -20,8 +20,8 @@ import torch
 import data  # noqa: F401  (first: the torchvision compatibility import)
 from data import build_dataset, eval_loader
 from data.transforms import eval_transforms
-from experiments.config import build_train_set
-from search.config import Config
+from experiments.config import TrainSettings, build_train_set, with_image_cache
+from search.config import Config, confirm_iterations
 from search.space import ce_weight, to_theta
 from segnets import build_segnet
 from segnets.engine import (
@@ -40,8 +40,10 @@ from surrogates.losses import CrossEntropy
 SPEED_COLUMNS = ("it_per_s", "data_wait", "peak_gb", "setup_s", "train_s", "state_s", "eval_s")
 
 
-def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss:
-    search = cfg.search
+def build_loss(
+    cfg: Config, raw: list[float], num_classes: int, settings: TrainSettings | None = None
+) -> SurrogateLoss:
+    search, settings = cfg.search, settings or cfg.proxy
     return SurrogateLoss(
         search.metric,
         to_theta(search.metric, raw),
@@ -49,7 +51,7 @@ def build_loss(cfg: Config, raw: list[float], num_classes: int) -> SurrogateLoss
         tolerance=search.tolerance,
         drop_background=search.drop_background,
         region_weight=search.region_weight,
-        group_size=cfg.proxy.loss_group_size,
+        group_size=settings.loss_group_size,
         ce_weight=ce_weight(search.ce_mix, search.metric, raw),
     )
 
@@ -83,23 +85,31 @@ def warm_up_kernels(
     return time.perf_counter() - start
 
 
-def build_datasets(cfg: Config):
-    """(train set, reward set) of the proxy task. With proxy.cache_images the reward images are
-    cached like the training ones, at the size the evaluation resizes them to (eval_scale): the
-    same items as decoding them in every trial (Cityscapes: 298 images of 2048 x 1024, 20-30 s
-    of one core per trial while the GPU waits)."""
-    from experiments.config import with_image_cache
+def trial_settings(cfg: Config, fidelity: str = "proxy") -> TrainSettings:
+    """What a trial trains: the proxy, or at fidelity "confirm" the confirmation round's
+    full-size network and crops (cfg.confirm) with their schedule over confirm_iterations."""
+    if fidelity == "proxy":
+        return cfg.proxy
+    fit = replace(cfg.confirm.fit, iterations=confirm_iterations(cfg), log_every=0)
+    return replace(cfg.confirm, fit=fit)
 
-    proxy = cfg.proxy
+
+def build_datasets(cfg: Config, settings: TrainSettings | None = None):
+    """(train set, reward set) of a trial (default: the proxy task). With cache_images the
+    reward images are cached like the training ones, at the size the evaluation resizes them to
+    (eval_scale): the same items as decoding them in every trial (Cityscapes: 298 images of
+    2048 x 1024, 20-30 s of one core per trial while the GPU waits)."""
+    settings = settings or cfg.proxy
     train_set = build_train_set(
-        cfg.data, proxy, without_holdout=cfg.search.reward_split == "holdout"
+        cfg.data, settings, without_holdout=cfg.search.reward_split == "holdout"
     )
     reward_set = build_dataset(
         cfg.data.name, cfg.data.root, cfg.search.reward_split, None, **cfg.data.params
     )
-    transform = eval_transforms(crop_size=proxy.eval_crop, scale=proxy.eval_scale)
+    crop = getattr(settings, "eval_crop", None)  # the proxy's centre crop; else whole images
+    transform = eval_transforms(crop_size=crop, scale=settings.eval_scale)
     reward_set = with_image_cache(
-        reward_set, transform, proxy.eval_scale, cfg.data, proxy.cache_images
+        reward_set, transform, settings.eval_scale, cfg.data, settings.cache_images
     )
     return train_set, reward_set
 
@@ -113,11 +123,13 @@ def run_trial(
     stop: int | None = None,
     resume_from: str | Path | None = None,
     save_to: str | Path | None = None,
+    fidelity: str = "proxy",
 ) -> dict:
     """Train and score one sample (loss "ce": cross-entropy instead, a confirmation-round
-    baseline). A successive-halving rung trains to iteration `stop` of the proxy schedule,
-    from the training state `resume_from` of the sample's previous rung, and saves its own to
-    `save_to` for the next. Returns {"status", "reason", "seconds", metrics...}."""
+    baseline) on the proxy, or at fidelity "confirm" on the confirmation round's settings
+    (trial_settings). A successive-halving rung trains to iteration `stop` of the proxy
+    schedule, from the training state `resume_from` of the sample's previous rung, and saves
+    its own to `save_to` for the next. Returns {"status", "reason", "seconds", metrics...}."""
     start = time.perf_counter()
     for attempt in range(1, OOM_ATTEMPTS + 1):
         try:
@@ -125,7 +137,9 @@ def run_trial(
                 raise RuntimeError("injected fault (search.faults)")
             if fault == "oom-always" or (fault == "oom" and attempt == 1):
                 raise torch.OutOfMemoryError("injected out of memory (search.faults)")
-            result = train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault)
+            settings = trial_settings(cfg, fidelity)
+            args = (stop, resume_from, save_to, fault)
+            result = train_and_score(cfg, settings, raw, seed, loss, *args)
         except NonFiniteLossError as error:
             result = {"status": "failed", "reason": str(error)}
         except Exception as error:  # noqa: BLE001 - any failure is recorded, the search goes on
@@ -157,29 +171,29 @@ def out_of_memory(error: BaseException) -> bool:
     return False
 
 
-def train_and_score(cfg, raw, seed, loss, stop, resume_from, save_to, fault="") -> dict:
-    """run_trial's work, which raises: data, loss, proxy net, fit, the reward's metrics."""
+def train_and_score(cfg, settings, raw, seed, loss, stop, resume_from, save_to, fault="") -> dict:
+    """run_trial's work, which raises: data, loss, network, fit, the reward's metrics."""
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    train_set, reward_set = build_datasets(cfg)
+    train_set, reward_set = build_datasets(cfg, settings)
     num_classes = train_set.num_classes
     if loss == "ce":
         loss_fn = CrossEntropy(ignore_index=train_set.ignore_index, num_classes=num_classes)
     else:
-        loss_fn = build_loss(cfg, raw, num_classes)
+        loss_fn = build_loss(cfg, raw, num_classes, settings)
     if fault == "nan":
         loss_fn = _explodes(loss_fn, at_iteration=2)
     seed_everything(seed)
-    model = build_segnet(cfg.proxy.model, num_classes, **cfg.proxy.model_args)
+    model = build_segnet(settings.model, num_classes, **settings.model_args)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    fit_cfg = replace(cfg.proxy.fit, seed=seed, quiet=True)
+    fit_cfg = replace(settings.fit, seed=seed, quiet=True)
     built = time.perf_counter()
     stats = fit(model, loss_fn, train_set, fit_cfg, device, stop, resume_from, save_to)
     trained = time.perf_counter()
     metrics = evaluate(
         model,
-        eval_loader(reward_set, cfg.proxy.eval_batch_size),
+        eval_loader(reward_set, settings.eval_batch_size),
         num_classes,
         device,
         tolerance=cfg.search.tolerance,

@@ -4,6 +4,7 @@ it (suggest / on_trial_complete / save / restore), with toy rewards instead of p
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -685,3 +686,98 @@ def test_loader_workers_take_the_process_threads_up_to_a_cap():
         assert loader_workers(FitConfig(workers=12), torch.device("cuda")) == 12
     finally:
         torch.set_num_threads(threads)
+
+
+CONFIRM = {"search.confirm_fidelity": "0.2", "search.confirm_top_k": "1"}
+
+
+def confirm_aware(config):
+    """On the proxy the larger raw[0] wins; at the confirmation's fidelity the ranking turns
+    over (the smaller raw[0] wins), and cross-entropy stays below both."""
+    result = toy_result(raw_of(config))
+    if config.get("fidelity") == "confirm":
+        result["miou"] = 0.1 if config.get("loss") == "ce" else 0.9 - 0.5 * raw_of(config)[0]
+    return result
+
+
+def test_the_confirmation_fidelity_comes_from_the_profiles_retrain_and_is_checked(tmp_path):
+    from search.config import confirm_iterations
+
+    cfg = tiny_config(tmp_path, **{"data": "shapes", **CONFIRM})
+    assert (cfg.confirm.model, cfg.confirm.model_args) == ("lite", {"width": 32})  # retrain's
+    assert cfg.confirm.crop_size == 64 and confirm_iterations(cfg) == 300  # 0.2 x 1500
+    cfg.search.confirm_fidelity = 0
+    assert confirm_iterations(cfg) == cfg.proxy.fit.iterations
+    with pytest.raises(ConfigError, match="search.confirm_fidelity must be in \\[0, 1\\], got 1.5"):
+        tiny_config(tmp_path, **{"search.confirm_fidelity": "1.5"})
+
+
+def test_the_export_follows_the_reward_at_the_confirmation_fidelity(tmp_path):
+    cfg = tiny_config(tmp_path, **CONFIRM)
+    suggested = drive(tune_searcher(cfg, tmp_path), results=confirm_aware)
+    confirm = [c for c in suggested if c["phase"] == "confirm"]
+    assert confirm and all(c["fidelity"] == "confirm" and c["iterations"] == 300 for c in confirm)
+    assert all(c.get("fidelity", "proxy") == "proxy" for c in suggested if c["phase"] == "search")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    scores = summary["candidates"]
+    assert summary["reward"] == max(scores.values()) and summary["best"] != "cross-entropy"
+    # the proxy's favourite (largest raw[0] among the candidates) is not what was exported
+    raw0 = {c["candidate"]: raw_of(c)[0] for c in confirm if c.get("loss") != "ce"}
+    assert summary["best"] == min(raw0, key=raw0.get) != max(raw0, key=raw0.get)
+    assert summary["confirm_iterations"] == 300 * len(confirm)
+    rows = read_csv(tmp_path / "trials.csv")
+    assert {r["fidelity"] for r in rows if r["phase"] == "confirm"} == {"confirm"}
+
+
+def test_a_search_resumed_in_the_confirmation_round_ends_the_same(tmp_path):
+    cfg = tiny_config(tmp_path, **CONFIRM)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    reference = drive(tune_searcher(cfg, tmp_path / "a"), results=confirm_aware)
+    first_confirm = next(i for i, c in enumerate(reference) if c["phase"] == "confirm")
+    interrupted = tune_searcher(cfg, tmp_path / "b")
+    for i in range(first_confirm + 2):  # the steps, then two confirmation trials handed out
+        config = interrupted.suggest(f"t{i}")
+        if i < first_confirm + 1:
+            interrupted.on_trial_complete(f"t{i}", confirm_aware(config))
+    interrupted.save(str(tmp_path / "state.pkl"))
+    resumed = tune_searcher(cfg, tmp_path / "b")
+    resumed.restore(str(tmp_path / "state.pkl"))
+    (trial_id,) = resumed.running
+    job = resumed.running[trial_id]
+    resumed.on_trial_complete(trial_id, confirm_aware(job | {"raw_0": job["raw"][0]}))
+    drive(resumed, results=confirm_aware)
+    ours = json.loads((tmp_path / "b" / "summary.json").read_text())
+    theirs = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert (ours["best"], ours["reward"], ours["raw"]) == (
+        theirs["best"],
+        theirs["reward"],
+        theirs["raw"],
+    )
+
+
+def test_a_confirmation_trial_trains_the_confirmation_settings(tmp_path):
+    """At fidelity "confirm" a trial is exactly a proxy trial whose proxy were the confirmation
+    settings (its network, crops, schedule over f x its iterations) scored on whole images."""
+    from dataclasses import asdict
+
+    from search.config import ProxyConfig
+    from search.trial import run_trial
+
+    tiny = {
+        "proxy.fit.iterations": "4", "proxy.fit.batch_size": "4", "proxy.crop_size": "24",
+        "data.params": "{size: 32, train: 24, holdout: 12, val: 4, test: 4}",
+        "confirm.model_args": "{width: 4}", "confirm.crop_size": "16",
+        "confirm.fit.iterations": "10", "confirm.fit.batch_size": "2",
+        "search.confirm_fidelity": "0.5",
+    }  # fmt: skip
+    cfg = tiny_config(tmp_path, **tiny)
+    raw = initial_raw("miou")
+    confirmed = run_trial(cfg, raw, seed=3, fidelity="confirm")
+    as_proxy = tiny_config(tmp_path, **tiny)
+    settings = asdict(cfg.confirm) | {"eval_crop": None}
+    settings["fit"] = replace(cfg.confirm.fit, iterations=5)
+    as_proxy.proxy = ProxyConfig(**settings)
+    plain = run_trial(as_proxy, raw, seed=3)
+    assert confirmed["status"] == plain["status"] == "ok"
+    assert all(confirmed[k] == plain[k] for k in ("miou", "macc", "bf1"))
+    assert confirmed["miou"] != run_trial(cfg, raw, seed=3)["miou"]  # not the proxy's
