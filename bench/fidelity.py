@@ -10,29 +10,42 @@ the retrained metric, and writes fidelity.csv and the scatter plot fidelity.png 
 A low correlation says the proxy ranks losses differently from a full training: trust its
 winners less, or make the proxy longer.
 
+--fractions F,F,...: the same losses also at the search's confirmation fidelities (the retrain's
+network and crops for F x its iterations, at the search seed, scored on the reward split: what
+the confirmation round trains at search.confirm_fidelity=F), and a second table, one row per
+fidelity (the proxy, each F, the full retrain): its cost per loss in proxy-iteration equivalents
+(iterations x the measured seconds per iteration over the proxy's), Kendall's tau against the
+retrain, and the top-1 regret: how far below the retrain's best loss the fidelity's favourite
+retrains, in points.
+
 The retrains live in fixed folders under --work (default: RUN_DIR/fidelity): a rerun skips the
 finished ones and resumes interrupted ones; --table-only reports what has finished. --jobs N
 runs N retrains at once, each on cores / N threads with its log in its folder.
 
 Run: ./launch.sh bench fidelity RUN_DIR [--losses 8] [--seed 0] [--jobs 1] [--work DIR]
-                                 [--table-only] [key=value ...]
+                                 [--fractions F,F,...] [--table-only] [key=value ...]
                                  (key=value: retrain overrides, e.g. retrain.fit.iterations=...)
 """
 
 import argparse
 import csv
 import json
+import math
+import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
 from pathlib import Path
 
 import scipy.stats
 import yaml
+from omegaconf import OmegaConf
 from quality import finished_run, launch, threads_per_job  # bench/quality.py: same runs
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
-from experiments.config import fail
+from experiments.config import fail, parse_overrides, set_key
 from search import config as configs
+from search.config import confirm_iterations
 from search.space import initial_raw, raw_keys
 from search.steps import loss_section
 from search.trial import run_trial
@@ -74,6 +87,49 @@ def ce_proxy_reward(cfg: configs.Config, work: Path, run: bool) -> float | None:
             raise RuntimeError(f"the cross-entropy proxy trial failed: {result['reason']}")
         path.write_text(json.dumps(result))
     return json.loads(path.read_text())[cfg.search.metric]
+
+
+def confirm_trial(
+    name: str, raw: list[float], loss: str, cfg: configs.Config, fraction: float, work: Path
+) -> dict | None:
+    """One loss at the confirmation fidelity `fraction`, at the search seed, as the search's
+    confirmation round trains it; kept under `work` (None: not run yet and cfg unset)."""
+    path = work / f"fraction-{fraction:g}" / f"{name}.json"
+    if not path.is_file() and cfg is not None:
+        print(f"[fidelity] {name} at confirmation fidelity {fraction:g}", flush=True)
+        at = replace(cfg, search=replace(cfg.search, confirm_fidelity=fraction))
+        result = run_trial(at, raw, cfg.search.seed, loss=loss, fidelity="confirm")
+        if result["status"] != "ok":
+            raise RuntimeError(f"{name} at fidelity {fraction:g} failed: {result['reason']}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result | {"iterations": confirm_iterations(at)}))
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def with_retrain_overrides(cfg: configs.Config, overrides: list[str]) -> configs.Config:
+    """The search config whose confirm: section takes the bench's retrain.* overrides of the
+    training (not of the evaluation), so that a fraction of 1 trains as the retrains do."""
+    trains = {f.name for f in fields(configs.ConfirmSettings)}
+    config = OmegaConf.structured(cfg)
+    for key, value in parse_overrides(overrides).items():
+        section, _, rest = key.partition(".")
+        if section == "retrain" and rest.split(".")[0] in trains:
+            set_key(config, f"confirm.{rest}", value, configs.OPEN_MAPPINGS)
+    return OmegaConf.to_object(config)
+
+
+def fidelity_rows(rows: list[dict], costs: dict[str, float]) -> list[dict]:
+    """One row per fidelity (a column of `rows` besides loss and retrained): its cost per loss
+    (`costs`), Kendall's tau against the retrained metric and the top-1 regret in points."""
+    retrained = [r["retrained"] for r in rows]
+    table = []
+    for fidelity, cost in costs.items():
+        scores = [r[fidelity] for r in rows]
+        tau = scipy.stats.kendalltau(scores, retrained).statistic
+        favourite = max(range(len(rows)), key=lambda i: scores[i])
+        regret = 100 * (max(retrained) - retrained[favourite])
+        table.append({"fidelity": fidelity, "cost": cost, "tau": float(tau), "regret": regret})
+    return table
 
 
 def retrain(name: str, loss: dict, cfg: configs.Config, args: argparse.Namespace) -> None:
@@ -124,6 +180,11 @@ def scatter(rows: list[dict], metric: str, tau: float, rho: float, path: Path) -
     fig.savefig(path, dpi=120)
 
 
+def fractions(text: str) -> list[float]:
+    """--fractions 0.1,0.3 -> [0.1, 0.3]."""
+    return [float(part) for part in text.split(",")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a finished search run folder")
@@ -131,6 +192,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the retrains' seed")
     parser.add_argument("--jobs", type=int, default=1, help="retrains at once (cores / N threads)")
     parser.add_argument("--work", help="where the retrains go (default RUN_DIR/fidelity)")
+    parser.add_argument(
+        "--fractions", type=fractions, default=[], help="confirmation fidelities, e.g. 0.1,0.3"
+    )
     parser.add_argument("--table-only", action="store_true", help="report what has finished")
     parser.add_argument("overrides", nargs="*", help="key=value for every retrain")
     parser.error = fail  # one line, exit 2
@@ -142,7 +206,9 @@ def main() -> int:
         fail(f"--losses must be >= 2 (a rank correlation needs two), got {args.losses}")
     if args.jobs < 1:
         fail(f"--jobs must be >= 1, got {args.jobs}")
-    cfg = configs.load(run_dir / "config.yaml")
+    if any(not 0 < f <= 1 for f in args.fractions):
+        fail(f"--fractions must be in (0, 1], got {args.fractions}")
+    cfg = with_retrain_overrides(configs.load(run_dir / "config.yaml"), args.overrides)
     metric = cfg.search.metric
     work = Path(args.work or run_dir / "fidelity").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -150,25 +216,33 @@ def main() -> int:
     with open(run_dir / "trials.csv") as f:
         trials = list(csv.DictReader(f))
     picked = pick_losses(trials, args.losses, cfg.proxy.fit.iterations)
-    losses = {}  # name -> (loss section, proxy reward)
+    losses = {}  # name -> (loss section, proxy reward, raw vector)
     for row in picked:
         raw = [float(row[key]) for key in raw_keys(sum(k.startswith("raw_") for k in row))]
         name = f"step{row['step']}-sample{row['sample']}"
-        losses[name] = (loss_section(cfg.search, raw), float(row["reward"]))
+        losses[name] = (loss_section(cfg.search, raw), float(row["reward"]), raw)
     proxy = ce_proxy_reward(cfg, work, run=not args.table_only)
-    losses["cross-entropy"] = ({"name": "ce"}, proxy)
+    losses["cross-entropy"] = ({"name": "ce"}, proxy, initial_raw(metric, cfg.search.ce_mix))
     if not args.table_only:
         with ThreadPoolExecutor(args.jobs) as pool:
-            pending = [pool.submit(retrain, n, loss, cfg, args) for n, (loss, _) in losses.items()]
+            pending = [pool.submit(retrain, n, loss[0], cfg, args) for n, loss in losses.items()]
             for future in pending:
                 future.result()  # the first failure stops the benchmark with its error
-    rows = []
-    for name, (_, proxy) in losses.items():
+    rows, confirmed = [], {f: [] for f in args.fractions}  # fraction -> its trials
+    for name, (loss, proxy, raw) in losses.items():
         final = retrained(name, args)
-        if final and proxy is not None:
+        kind = "ce" if loss["name"] == "ce" else "surrogate"
+        runs = {
+            f: confirm_trial(name, raw, kind, None if args.table_only else cfg, f, work)
+            for f in args.fractions
+        }
+        if final and proxy is not None and all(runs.values()):
             rows.append({"loss": name, "proxy": proxy, "retrained": final[metric]})
+            rows[-1] |= {f"confirm {f:g}": run[metric] for f, run in runs.items()}
+            for f, run in runs.items():
+                confirmed[f].append(run)
     with open(work / "fidelity.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["loss", "proxy", "retrained"])
+        writer = csv.DictWriter(f, list(rows[0]) if rows else ["loss", "proxy", "retrained"])
         writer.writeheader()
         writer.writerows(rows)
     print(f"| loss | proxy {metric} | retrained {metric} |\n|---|---:|---:|")
@@ -183,7 +257,28 @@ def main() -> int:
         f"\n{metric}, {len(rows)} losses of {run_dir.name}: Kendall tau {tau:.2f}, "
         f"Spearman rho {rho:.2f} (proxy reward vs retrained {metric}); {work / 'fidelity.png'}"
     )
+    if args.fractions:
+        iterations = retrained(rows[0]["loss"], args)["iteration"]
+        print_fidelities(rows, cfg, confirmed, iterations, work)
     return 0
+
+
+def print_fidelities(rows, cfg, confirmed: dict, retrain_iterations: int, work: Path) -> None:
+    """The second table: each fidelity's cost per loss, Kendall tau and top-1 regret. Costs in
+    proxy-iteration equivalents: iterations x (seconds per iteration / the proxy's), from the
+    confirmation trials' and the cross-entropy proxy trial's training times."""
+    proxy = json.loads((work / "ce-proxy.json").read_text())
+    proxy_rate = proxy.get("train_s", math.nan) / cfg.proxy.fit.iterations
+    runs = [run for trials in confirmed.values() for run in trials]
+    rate = statistics.fmean(run["train_s"] / run["iterations"] for run in runs) / proxy_rate
+    costs = {"proxy": cfg.proxy.fit.iterations}
+    costs |= {f"confirm {f:g}": trials[0]["iterations"] * rate for f, trials in confirmed.items()}
+    costs["retrained"] = retrain_iterations * rate
+    print("\n| fidelity | cost (proxy it.) | Kendall tau vs retrain | top-1 regret (points) |")
+    print("|---|---:|---:|---:|")
+    for row in fidelity_rows(rows, costs):
+        cost, tau, regret = f"{row['cost']:,.0f}", f"{row['tau']:.2f}", f"{row['regret']:.2f}"
+        print(f"| {row['fidelity']} | {cost} | {tau} | {regret} |")
 
 
 if __name__ == "__main__":

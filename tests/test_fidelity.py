@@ -52,6 +52,7 @@ def test_bench_fidelity_retrains_the_picked_losses_and_ce(tmp_path):
     retrain += ["retrain.model_args={width: 8}", "retrain.fit.eval_every=0"]
     command = [str(REPO / "launch.sh"), "bench", "fidelity", str(run_dir), "--losses", "3"]
     jobs = ["--jobs", "2"]  # two retrains at once, each logging into its folder
+    jobs += ["--fractions", "0.5,1"]  # and each loss at two confirmation fidelities
     done = subprocess.run([*command, *jobs, *retrain], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     with open(run_dir / "fidelity" / "fidelity.csv") as f:
@@ -64,9 +65,31 @@ def test_bench_fidelity_retrains_the_picked_losses_and_ce(tmp_path):
         searched = [float(r["reward"]) for r in csv.DictReader(f) if r["phase"] == "search"]
     proxy = sorted(float(r["proxy"]) for r in rows[:-1])  # the lowest and the highest reward
     assert (proxy[0], proxy[-1]) == (min(searched), max(searched))
-    again = subprocess.run([*command, "--table-only"], capture_output=True, text=True, timeout=300)
+    again = [*command, "--fractions", "0.5,1", "--table-only"]
+    again = subprocess.run(again, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ ./launch.sh" not in again.stdout  # nothing ran again
+    assert "at confirmation fidelity" not in again.stdout
     assert again.stdout.split("\n\n")[-1] == done.stdout.split("\n\n")[-1]
+    # the fidelity table: each loss at both confirmation fidelities, and the retrain agrees
+    # with itself
+    for fraction in ("0.5", "1"):
+        assert f"| confirm {fraction} |" in done.stdout
+        assert all(0 <= float(row[f"confirm {fraction}"]) <= 1 for row in rows)
+    assert done.stdout.rstrip().endswith("| 1.00 | 0.00 |")  # the retrained row
+
+
+def test_a_fidelitys_tau_and_top1_regret_are_hand_computed():
+    rows = [  # retrained 0.80 0.70 0.75: the best loss is "a"
+        {"loss": "a", "retrained": 0.80, "proxy": 0.30, "confirm 0.2": 0.50},
+        {"loss": "b", "retrained": 0.70, "proxy": 0.40, "confirm 0.2": 0.40},
+        {"loss": "c", "retrained": 0.75, "proxy": 0.35, "confirm 0.2": 0.45},
+    ]
+    table = fidelity.fidelity_rows(rows, {"proxy": 300, "confirm 0.2": 900})
+    proxy, confirm = table
+    # the proxy ranks them exactly backwards (tau -1) and favours b, 10 points below a
+    assert proxy["tau"] == pytest.approx(-1) and proxy["regret"] == pytest.approx(10)
+    assert confirm["tau"] == pytest.approx(1) and confirm["regret"] == 0
+    assert (proxy["cost"], confirm["cost"]) == (300, 900)
 
 
 def test_bench_fidelity_rejects_a_folder_that_is_not_a_finished_search(tmp_path):
