@@ -19,7 +19,7 @@ ROWS = (
     "search, halving off, step 1: start-up",
     "search, halving off, step 1: overhead vs training",
     "search, halving off: processes on the machine",
-    "retrain killed after iteration 2, resumed",
+    "retrain killed after iteration",  # its first checkpoint, or a later one
     "./launch.sh retrain ... 2: loss group of 8 over 2 processes",
     "first step on 2 gloo processes vs 1: S, gradients (relative)",
 )
