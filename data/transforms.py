@@ -119,6 +119,20 @@ class PadToSize:
         return F.pad(image, padding, value=self.fill), F.pad(target, padding, value=IGNORE_INDEX)
 
 
+class CenterCrop:
+    """Centre `size` x `size` crop; where it reaches outside a smaller image, the image is padded
+    with 0 and the labels with the void label (v2.CenterCrop pads the labels with 0 too, which
+    would score the padding as background)."""
+
+    def __init__(self, size: int):
+        self.size = [size, size]
+
+    def __call__(self, image, target):
+        inside = TF.center_crop(torch.ones_like(target.as_subclass(torch.Tensor)), self.size)
+        target = TF.center_crop(target.as_subclass(torch.Tensor), self.size)
+        return TF.center_crop(image, self.size), torch.where(inside.bool(), target, IGNORE_INDEX)
+
+
 class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5):
         self.p = p
@@ -385,7 +399,7 @@ def eval_transforms(*, crop_size: int | None = None, scale: tuple[int, int] | No
     if scale is not None:
         steps.append(ResizeToFit(tuple(scale)))
     if crop_size is not None:
-        steps.append(v2.CenterCrop(crop_size))
+        steps.append(CenterCrop(crop_size))
     return v2.Compose(steps + _finish())
 
 

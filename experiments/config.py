@@ -67,8 +67,9 @@ class TrainSettings:
     # pooled over each process's batch, the reference); makes the loss independent of the
     # number of DDP processes (SurrogateLoss's group_size)
     loss_group_size: int | None = None
-    # decode and shrink the training images once into <data.root>/cache, which every process on
-    # the machine maps (data/cache.py); for datasets read from image files with a rescale
+    # decode and shrink the training images (and a search's reward images) once into
+    # <data.root>/cache, which every process on the machine maps (data/cache.py); for datasets
+    # read from image files with a rescale
     cache_images: bool = False
     fit: FitConfig = field(default_factory=FitConfig)
 

@@ -267,6 +267,17 @@ def test_photometric_distortion_never_swaps_channels():
     assert min(moves) <= -16 and max(moves) >= 15 and all(-19 <= m <= 18 for m in moves)
 
 
+def test_the_eval_centre_crop_pads_labels_with_void():
+    """A reward image narrower than the crop (VOC: an aspect ratio above 4:1 after the rescale)
+    is padded; the padding's labels are void, not background (class 0)."""
+    image = tv_tensors.Image(torch.full((3, 10, 40), 7, dtype=torch.uint8))
+    target = tv_tensors.Mask(torch.ones(10, 40, dtype=torch.uint8))
+    x, y = eval_transforms(crop_size=16)(image, target)
+    assert x.shape == (3, 16, 16) and y.shape == (16, 16)
+    assert y[:, 0].tolist() == [255] * 3 + [1] * 10 + [255] * 3  # 3 rows of padding each side
+    assert (y != 255).sum() == 10 * 16
+
+
 def test_rescale_and_eval_presets_sizes():
     image = tv_tensors.Image(torch.zeros(3, 100, 200, dtype=torch.uint8))
     target = tv_tensors.Mask(torch.zeros(100, 200, dtype=torch.int64))
