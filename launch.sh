@@ -22,7 +22,7 @@ usage: ./launch.sh COMMAND [ARGS...]
       report.md and plots of search and retrain runs
   bench NAME [ARGS ...]
       run bench/NAME.py: losses metrics train_step search_overhead gpu quality fidelity
-      controllers
+      controllers holdout
   test [PYTEST_ARGS ...]
       run the test suite (what CI runs)
   setup
