@@ -107,10 +107,12 @@ def confirm_trial(
 
 
 def with_retrain_overrides(cfg: configs.Config, overrides: list[str]) -> configs.Config:
-    """The search config whose confirm: section takes the bench's retrain.* overrides of the
-    training (not of the evaluation), so that a fraction of 1 trains as the retrains do."""
+    """The search config whose confirm: section is the retrains' training: the dataset
+    profile's retrain: section as the retrains read it now (a run folder may predate confirm:),
+    with the bench's retrain.* overrides of the training (not of the evaluation)."""
     trains = {f.name for f in fields(configs.ConfirmSettings)}
-    config = OmegaConf.structured(cfg)
+    profile = configs.resolve(cfg.search.metric, {"data": cfg.data.name}, cfg.data.root)
+    config = OmegaConf.structured(replace(cfg, confirm=profile.confirm))
     for key, value in parse_overrides(overrides).items():
         section, _, rest = key.partition(".")
         if section == "retrain" and rest.split(".")[0] in trains:
