@@ -159,7 +159,10 @@ def report(run_dir: Path) -> int:
     )
     confirmed = s.get("confirm_iterations", 0)
     extra = f" + {confirmed} on the confirmation's network" if confirmed else ""
-    print(f"[search] {s['iterations']} proxy training iterations{extra}")
+    hours = f", {s['trial_hours']:.2f} trial-hours" if "trial_hours" in s else ""
+    if s.get("gpu_hours"):
+        hours += f" ({s['gpu_hours']:.2f} GPU-hours)"
+    print(f"[search] {s['iterations']} proxy training iterations{extra}{hours}")
     if s["loss"] == "ce":
         print("[search] no searched loss beat cross-entropy: the export retrains with CE")
     else:

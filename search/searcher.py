@@ -90,6 +90,8 @@ class StepSearcher(Searcher):
                 steps.advance(state, self.controller, self.cfg, self.run_dir, self.started)
                 if state.step != step:  # the step closed: its rungs' states are spent
                     self.drop_states(step)
+                    if step == 1:
+                        print(steps.cost_estimate(state, self.cfg), flush=True)
         except steps.SearchFailed as failure:
             state.phase = "failed"
             write_json(self.run_dir / "failed.json", {"error": str(failure)})
@@ -142,8 +144,8 @@ def proxy_trial(config: dict, cfg: Config) -> None:
     the state to resume from and the state to save."""
     # the CPUs Ray gave this trial, not the OMP_NUM_THREADS a user exported: threads, and on a
     # GPU the loader workers (segnets.engine.loader_workers)
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
     if config.get("fault") == "kill":  # tests: the worker dies on the first attempt only
         attempted = Path(tempfile.gettempdir()) / f"sls-killed-{tune.get_context().get_trial_id()}"
         if not attempted.exists():
@@ -155,6 +157,7 @@ def proxy_trial(config: dict, cfg: Config) -> None:
     args = (config["seed"], config.get("fault", ""), loss, stop, resume_from, save_to, fidelity)
     result = run_trial(cfg, raw_of(config), *args)
     result["node"] = ray.get_runtime_context().get_node_id()[:12]
+    result["gpu_share"] = assigned.get("GPU", 0.0)  # for the GPU-hours of the estimate and summary
     result["reward"] = result.get(cfg.search.metric, math.nan)  # Tune's metric; NaN: failed
     tune.report(result)
 

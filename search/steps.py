@@ -170,6 +170,7 @@ def record_result(
         "reason": result.get("reason", ""),
         "reward": reward,
         "seconds": result.get("seconds", math.nan),
+        "gpu_share": result.get("gpu_share", 0.0),
         "node": result.get("node", ""),
         "raw": list(job["raw"]),
         "theta": to_theta(metric, job["raw"]),
@@ -386,6 +387,8 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         "trials": len(state.records),
         "iterations": trained_iterations(state.records, "proxy"),
         "confirm_iterations": trained_iterations(state.records, "confirm"),
+        "trial_hours": trial_hours(state.records),
+        "gpu_hours": trial_hours(state.records, gpu=True),
         "failed": sum(r["status"] != "ok" for r in state.records),
     }
 
@@ -393,6 +396,13 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
 def trained_iterations(records: list[dict], fidelity: str) -> int:
     """Training iterations the trials did on the proxy, or on the confirmation's network."""
     return sum(r["trained"] for r in records if r.get("fidelity", "proxy") == fidelity)
+
+
+def trial_hours(records: list[dict], gpu: bool = False) -> float:
+    """Hours the trials trained and evaluated, summed over trials (each on its own slot); with
+    gpu=True weighted by each trial's share of a GPU: GPU-hours (0 on CPU)."""
+    seconds = (r["seconds"] * (r.get("gpu_share", 0.0) if gpu else 1.0) for r in records)
+    return sum(s for s in seconds if math.isfinite(s)) / 3600
 
 
 def loss_section(search: SearchConfig, raw: list[float]) -> dict:
@@ -449,8 +459,8 @@ def write_run_files(state: SearchState, run_dir: Path, search: SearchConfig) -> 
     keys = raw_keys(len(initial_raw(search.metric, search.ce_mix)))
     columns = [
         "trial_id", "phase", "step", "sample", "rung", "iterations", "trained", "fidelity",
-        "candidate", "seed", "status", "reward",
-        "reward_used", *METRIC_COLUMNS, "seconds", *SPEED_COLUMNS, "node", "reason", *keys,
+        "candidate", "seed", "status", "reward", "reward_used", *METRIC_COLUMNS,
+        "seconds", "gpu_share", *SPEED_COLUMNS, "node", "reason", *keys,
         *[key.replace("raw_", "theta_") for key in keys[: curve_dims(search.metric)]],
         "ce_weight",
     ]  # fmt: skip
@@ -491,26 +501,49 @@ def progress_line(state: SearchState, cfg: Config, running: int, elapsed: float)
     )
 
 
-def planned_training(cfg: Config) -> str:
-    """The training a search plans, for its first lines: proxy iterations of the steps (with
-    halving, the planned rung sizes and the policy mean; ties may add a few) and of the
-    confirmation round, which may train another network (search.confirm_fidelity)."""
+def planned_iterations(cfg: Config) -> tuple[int, int]:
+    """Proxy iterations of the steps (with halving, the planned rung sizes and the policy mean;
+    ties may add a few) and the confirmation round's trials."""
     search, step, done = cfg.search, 0, 0
     for rung, size in enumerate(rung_sizes(cfg)):
         stop = rung_iterations(cfg, rung)
         step += (size + (rung > 0)) * (stop - done)  # + the policy mean, which always continues
         done = stop
     candidates = 1 + search.confirm_top_k + search.confirm_identity + 2 * search.confirm_baselines
-    trials = candidates * search.confirm_seeds
+    return cfg.ppo.steps * step, candidates * search.confirm_seeds
+
+
+def planned_training(cfg: Config) -> str:
+    """The training a search plans, for its first lines; the confirmation round may train
+    another network (search.confirm_fidelity)."""
+    proxy, trials = planned_iterations(cfg)
     network = "the proxy"
-    if search.confirm_fidelity:
+    if cfg.search.confirm_fidelity:
         confirm = cfg.confirm
         network = f"{confirm.model} {confirm.model_args}, {confirm.crop_size} px crops"
     return (
-        f"about {cfg.ppo.steps * step:,} proxy iterations in {cfg.ppo.steps} steps, then a "
-        f"confirmation of up to {trials} trials x {confirm_iterations(cfg):,} iterations on "
-        f"{network}"
+        f"about {proxy:,} proxy iterations in {cfg.ppo.steps} steps, then a confirmation of "
+        f"up to {trials} trials x {confirm_iterations(cfg):,} iterations on {network}"
     )
+
+
+def cost_estimate(state: SearchState, cfg: Config) -> str:
+    """After step 1: the whole search's training time at step 1's measured seconds per proxy
+    iteration (evaluations included), in trial-hours and, when trials hold GPUs, GPU-hours."""
+    rows = [r for r in state.records if r["phase"] == "search" and r["step"] == 1]
+    rows = [r for r in rows if r["status"] == "ok" and math.isfinite(r["seconds"])]
+    rate = sum(r["seconds"] for r in rows) / max(1, sum(r["trained"] for r in rows))
+    share = max((r.get("gpu_share", 0.0) for r in rows), default=0.0)
+    proxy, trials = planned_iterations(cfg)
+    line = f"[search] step 1: {1000 * rate:.0f} ms per proxy iteration, so the steps take about"
+    hours = proxy * rate / 3600
+    if cfg.search.confirm_fidelity:
+        what = "trial-hours, and the confirmation's network is timed when it runs"
+    else:
+        hours += trials * confirm_iterations(cfg) * rate / 3600
+        what = "trial-hours with the confirmation"
+    gpu = f" ({hours * share:.2f} GPU-hours)" if share else ""
+    return f"{line} {hours:.2f} {what}{gpu}"
 
 
 def rung_sizes(cfg: Config) -> list[int]:

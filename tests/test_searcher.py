@@ -781,3 +781,30 @@ def test_a_confirmation_trial_trains_the_confirmation_settings(tmp_path):
     assert confirmed["status"] == plain["status"] == "ok"
     assert all(confirmed[k] == plain[k] for k in ("miou", "macc", "bf1"))
     assert confirmed["miou"] != run_trial(cfg, raw, seed=3)["miou"]  # not the proxy's
+
+
+def test_the_cost_is_estimated_after_step_1_and_summed_in_the_summary(tmp_path, capsys):
+    """Step 1's seconds per proxy iteration x the planned iterations (steps and, at fidelity 0,
+    the confirmation round), with half a GPU per trial also in GPU-hours."""
+    from search.steps import planned_iterations
+
+    cfg = tiny_config(tmp_path)
+    cfg.proxy.fit.iterations = 100
+
+    def half_gpu(config):  # 0.2 s per trained iteration
+        trained = config["iterations"]
+        return toy_result(raw_of(config)) | {"seconds": 0.2 * trained, "gpu_share": 0.5}
+
+    suggested = drive(tune_searcher(cfg, tmp_path), results=half_gpu)
+    proxy, confirm_trials = planned_iterations(cfg)
+    assert (proxy, confirm_trials) == (2 * 4 * 100, 6 * 2)  # one rung; 6 candidates x 2 seeds
+    hours = (proxy + confirm_trials * 100) * 0.2 / 3600
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[search] step 1:"))
+    assert line == (
+        f"[search] step 1: 200 ms per proxy iteration, so the steps take about {hours:.2f} "
+        f"trial-hours with the confirmation ({hours / 2:.2f} GPU-hours)"
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(suggested) == 8 + 12 and summary["trial_hours"] == pytest.approx(hours)
+    assert summary["gpu_hours"] == pytest.approx(hours / 2)
+    assert {row["gpu_share"] for row in read_csv(tmp_path / "trials.csv")} == {"0.5"}
