@@ -3,7 +3,8 @@ with a title, labelled axes and a legend; `report.py` saves them as PNGs.
 
 search:  plot_rewards (reward per step), plot_curves (the policy mean's h(x) per step against the
          identity), plot_parameters (raw parameter trajectories)
-retrain: plot_metrics (every metric over iterations), plot_comparison (CE vs searched bars)
+retrain: plot_metrics (every metric over iterations), plot_classes (per class at the last
+         evaluation, by class name), plot_comparison (CE vs searched bars)
 """
 
 import matplotlib.pyplot as plt
@@ -134,6 +135,20 @@ def plot_metrics(run: RetrainRun) -> plt.Figure:
         xlabel="iteration",
         ylabel=f"metric on {split} (%)",
     )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_classes(run: RetrainRun) -> plt.Figure:
+    last = run.classes[run.classes.iteration == run.classes.iteration.max()]
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(last)), 4.5))
+    positions = np.arange(len(last))
+    for i, (column, label) in enumerate([("iou", "IoU"), ("biou", "BIoU"), ("bf1", "BF1")]):
+        ax.bar(positions + (i - 1) * 0.27, 100 * last[column], 0.27, label=label)
+    ax.set_xticks(positions, last.name, rotation=60, ha="right", fontsize=8)
+    iteration = int(last.iteration.iloc[0])
+    ax.set(title=f"retrain {run.path.name}: per class at iteration {iteration}", ylabel="%")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -73,6 +73,12 @@ def retrain_report(path: Path) -> str:
         return "\n".join([*lines, "", "No evaluation yet."])
     figures = [_save(plots.plot_metrics(run), path / "plots" / "metrics.png")]
     lines += ["", "## Evaluations (%)", "", _percent(run.metrics).to_markdown(index=False)]
+    if not run.classes.empty:
+        last = run.classes[run.classes.iteration == run.classes.iteration.max()]
+        table = last.drop(columns=["iteration", "class"]).set_index("name")
+        figures.append(_save(plots.plot_classes(run), path / "plots" / "classes.png"))
+        heading = f"## Per class at iteration {int(last.iteration.iloc[0])} (%)"
+        lines += ["", heading, "", (100 * table).round(2).to_markdown()]
     if run.comparison:
         figures.append(_save(plots.plot_comparison(run), path / "plots" / "comparison.png"))
         lines += ["", "## CE vs searched", "", comparison_markdown(run.comparison)]

@@ -49,6 +49,7 @@ class RetrainRun:
     path: Path
     config: dict
     metrics: pd.DataFrame  # a row per evaluation (metrics.csv)
+    classes: pd.DataFrame  # a row per evaluation and class, with the class names (classes.csv)
     final: dict | None  # final.json once finished
     comparison: dict | None  # comparison.json when a CE baseline was compared
 
@@ -101,6 +102,7 @@ def load_retrain(path: str | Path) -> RetrainRun:
         path=path,
         config=config,
         metrics=_csv(path / "metrics.csv"),
+        classes=_csv(path / "classes.csv"),
         final=_json(path / "final.json"),
         comparison=_json(path / "comparison.json"),
     )

@@ -1,5 +1,6 @@
 """One retrain process: the full-size model trained on a run folder's config.yaml, evaluated at
-intervals with every metric; metrics.csv, checkpoints/latest.pth and final.json in the run folder.
+intervals with every metric; metrics.csv, classes.csv (per class, by the dataset's class names),
+checkpoints/latest.pth and final.json in the run folder.
 
 Run alone (`train(run_dir)`) or as each of the torchrun processes of a DDP retrain
 (`python -m retrain.train RUN_DIR`): torchrun's RANK / WORLD_SIZE / LOCAL_RANK select the
@@ -39,6 +40,7 @@ from segnets.engine import (
 from surrogates import METRIC_COLUMNS, METRICS, build_loss
 
 CHECKPOINT = Path("checkpoints") / "latest.pth"
+CLASS_COLUMNS = ["iteration", "class", "name", "iou", "acc", "dice", "biou", "bf1", "freq"]
 
 
 def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
@@ -81,6 +83,27 @@ def _due(iteration: int, every: int, iterations: int) -> bool:
     return iteration == iterations or bool(every and iteration % every == 0)
 
 
+def class_table(per_class: dict, names: list, iteration: int) -> list[dict]:
+    """An evaluation's per-class results (SegMetrics' per_class) as classes.csv rows."""
+    keys = {"iou": "miou", "acc": "macc", "dice": "mdice", "biou": "biou", "bf1": "bf1"}
+    return [
+        {"iteration": iteration, "class": c, "name": str(name)}
+        | {column: per_class[key][c] for column, key in keys.items()}
+        | {"freq": per_class["freq"][c]}
+        for c, name in enumerate(names)
+    ]
+
+
+def class_lines(rows: list[dict]) -> str:
+    """The last evaluation per class, by name, in %."""
+    width = max(len("class"), *(len(r["name"]) for r in rows))
+    lines = [f"[retrain] {'class':<{width}}    IoU    Acc   BIoU    BF1"]
+    for r in rows:
+        values = " ".join(f"{100 * float(r[k]):6.2f}" for k in ("iou", "acc", "biou", "bf1"))
+        lines.append(f"[retrain] {r['name']:<{width}} {values}")
+    return "\n".join(lines)
+
+
 def save_checkpoint(path: Path, model, optimizer, iteration: int, cfg: RetrainConfig) -> None:
     """A plain dict, written atomically by rank 0; it carries the resolved config it was trained
     with. Every rank calls it: the RNG states of all of them go in."""
@@ -110,6 +133,8 @@ def train(run_dir: str | Path) -> dict | None:
     checkpoint = run_dir / CHECKPOINT
     start = load_training_state(checkpoint, model, optimizer) if checkpoint.is_file() else 0
     rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["iteration"]) <= start]
+    class_rows = [r for r in read_csv(run_dir / "classes.csv") if int(r["iteration"]) <= start]
+    names = list(getattr(train_set, "class_names", None) or range(num_classes))
     batches = train_batches(train_set, fit_cfg, device, start)
 
     started = time.perf_counter()
@@ -132,14 +157,18 @@ def train(run_dir: str | Path) -> dict | None:
             seconds = round(time.perf_counter() - started, 2)
             rows.append({"iteration": stop, "seconds": seconds})
             rows[-1].update({k: results[k] for k in METRIC_COLUMNS})
+            class_rows += class_table(results["per_class"], names, stop)
             if rank == 0:
                 write_csv(run_dir / "metrics.csv", rows, ["iteration", "seconds", *METRIC_COLUMNS])
+                write_csv(run_dir / "classes.csv", class_rows, CLASS_COLUMNS)
                 shown = "  ".join(f"{k} {100 * results[k]:.2f}" for k in METRICS)
                 print(f"[retrain] eval at {stop}: {shown}", flush=True)
         if _due(stop, fit_cfg.checkpoint_every, fit_cfg.iterations):
             save_checkpoint(checkpoint, model, optimizer, stop, cfg)
 
     final = None
+    if rank == 0 and class_rows:
+        print(class_lines([r for r in class_rows if int(r["iteration"]) == start]), flush=True)
     if rank == 0:
         final = {**rows[-1], "processes": world_size, "loss": cfg.loss, "data": cfg.data.name}
         write_json(run_dir / "final.json", final)

@@ -70,6 +70,13 @@ def test_load_a_retrain_and_compare_runs(runs):
     assert list(run.metrics.iteration) == [10, 20] and run.final["iteration"] == 20
     assert run.target == "miou" and list(run.comparison["losses"]) == ["ce", "miou_bezier"]
     assert run.comparison["losses"]["miou_bezier"]["miou"] == pytest.approx(run.final["miou"])
+    # per class, by the dataset's names, at each evaluation; the class IoUs average to mIoU
+    from data.shapes import CLASS_NAMES
+
+    assert list(run.classes.name) == 2 * list(CLASS_NAMES)
+    last = run.classes[run.classes.iteration == 20]
+    assert last.iou.mean() == pytest.approx(run.final["miou"])  # every shapes class is in val
+    assert last.freq.sum() == pytest.approx(1.0)
     bars = plots.comparison_table(run.comparison)  # what the bar chart draws, in %
     assert bars.loc["miou_bezier", "miou"] == pytest.approx(100 * run.final["miou"])
     table = compare([runs["finished"], runs["partial"], runs["retrain"]])
@@ -101,11 +108,12 @@ def test_report_command_writes_pngs_and_markdown(runs):
     assert done.returncode == 0, done.stderr
     assert "# miou search search-finished (finished)" in done.stdout
     assert "(running)" in done.stdout and "## CE vs searched" in done.stdout
+    assert "## Per class at iteration 20 (%)" in done.stdout and "| triangle " in done.stdout
     assert "proxy training iterations" in done.stdout and "rung_tau" in done.stdout
     expected = {
         "finished": ["rewards", "curves", "parameters"],
         "partial": ["rewards", "curves", "parameters"],
-        "retrain": ["metrics", "comparison"],
+        "retrain": ["metrics", "classes", "comparison"],
     }
     for key, names in expected.items():
         assert (runs[key] / "report.md").is_file()
