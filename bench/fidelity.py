@@ -14,9 +14,9 @@ winners less, or make the proxy longer.
 network and crops for F x its iterations, at the search seed, scored on the reward split: what
 the confirmation round trains at search.confirm_fidelity=F), and a second table, one row per
 fidelity (the proxy, each F, the full retrain): its cost per loss in proxy-iteration equivalents
-(iterations x the measured seconds per iteration over the proxy's), Kendall's tau against the
-retrain, and the top-1 regret: how far below the retrain's best loss the fidelity's favourite
-retrains, in points.
+(iterations x the retrain network's seconds per iteration over the proxy's, timed back to back on
+one thread), Kendall's tau against the retrain, and the top-1 regret: how far below the
+retrain's best loss the fidelity's favourite retrains, in points.
 
 The retrains live in fixed folders under --work (default: RUN_DIR/fidelity): a rerun skips the
 finished ones and resumes interrupted ones; --table-only reports what has finished. --jobs N
@@ -30,14 +30,13 @@ Run: ./launch.sh bench fidelity RUN_DIR [--losses 8] [--seed 0] [--jobs 1] [--wo
 import argparse
 import csv
 import json
-import math
-import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
 
 import scipy.stats
+import torch
 import yaml
 from omegaconf import OmegaConf
 from quality import finished_run, launch, threads_per_job  # bench/quality.py: same runs
@@ -265,17 +264,41 @@ def main() -> int:
     return 0
 
 
+def iteration_cost(cfg: configs.Config, work: Path) -> float:
+    """Seconds per training iteration of the confirmation's network over the proxy's, timed
+    back to back in this process on one thread (CE on both: the networks and crops make the
+    difference), kept in --work so that a rerun prints the same costs."""
+    path = work / "iteration-cost.json"
+    if not path.is_file():
+        print("[fidelity] timing the proxy's and the retrain's training iterations", flush=True)
+        raw, threads = initial_raw(cfg.search.metric, cfg.search.ce_mix), torch.get_num_threads()
+        torch.set_num_threads(1)
+        at = replace(cfg, search=replace(cfg.search, confirm_fidelity=1.0))
+        seconds = {}
+        for fidelity, schedule in (("proxy", cfg.proxy.fit.iterations), ("confirm", None)):
+            stop = min(COST_ITERATIONS, schedule or confirm_iterations(at))
+            result = run_trial(at, raw, 0, loss="ce", stop=stop, fidelity=fidelity)
+            if result["status"] != "ok":
+                raise RuntimeError(f"timing the {fidelity} training failed: {result['reason']}")
+            seconds[fidelity] = result["train_s"] / stop
+        torch.set_num_threads(threads)
+        path.write_text(json.dumps(seconds))
+    seconds = json.loads(path.read_text())
+    return seconds["confirm"] / seconds["proxy"]
+
+
+COST_ITERATIONS = 60  # timed per network; the first one (allocations) included
+
+
 def print_fidelities(rows, cfg, confirmed: dict, retrain_iterations: int, work: Path) -> None:
     """The second table: each fidelity's cost per loss, Kendall tau and top-1 regret. Costs in
-    proxy-iteration equivalents: iterations x (seconds per iteration / the proxy's), from the
-    confirmation trials' and the cross-entropy proxy trial's training times."""
-    proxy = json.loads((work / "ce-proxy.json").read_text())
-    proxy_rate = proxy.get("train_s", math.nan) / cfg.proxy.fit.iterations
-    runs = [run for trials in confirmed.values() for run in trials]
-    rate = statistics.fmean(run["train_s"] / run["iterations"] for run in runs) / proxy_rate
+    proxy-iteration equivalents: iterations x the retrain network's time per iteration over the
+    proxy's (iteration_cost)."""
+    rate = iteration_cost(cfg, work)
     costs = {"proxy": cfg.proxy.fit.iterations}
     costs |= {f"confirm {f:g}": trials[0]["iterations"] * rate for f, trials in confirmed.items()}
     costs["retrained"] = retrain_iterations * rate
+    print(f"\n(one retrain-network iteration costs {rate:.2f} proxy iterations on one thread)")
     print("\n| fidelity | cost (proxy it.) | Kendall tau vs retrain | top-1 regret (points) |")
     print("|---|---:|---:|---:|")
     for row in fidelity_rows(rows, costs):

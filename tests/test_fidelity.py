@@ -76,6 +76,15 @@ def test_bench_fidelity_retrains_the_picked_losses_and_ce(tmp_path):
         assert f"| confirm {fraction} |" in done.stdout
         assert all(0 <= float(row[f"confirm {fraction}"]) <= 1 for row in rows)
     assert done.stdout.rstrip().endswith("| 1.00 | 0.00 |")  # the retrained row
+    # costs from one timing of both networks: the whole retrain schedule at fidelity 1 costs
+    # what the retrain costs, half of it less
+    costs = {
+        line.split(" | ")[0].strip("| "): float(line.split(" | ")[1].replace(",", ""))
+        for line in done.stdout.splitlines()
+        if line.startswith(("| confirm", "| retrained"))
+    }
+    assert costs["confirm 1"] == costs["retrained"] > costs["confirm 0.5"] > 0
+    assert (run_dir / "fidelity" / "iteration-cost.json").is_file()
 
 
 def test_a_fidelitys_tau_and_top1_regret_are_hand_computed():
