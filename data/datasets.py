@@ -96,6 +96,80 @@ def cityscapes(
     return dataset
 
 
+# The folder datasets: a user's own (root: the folder, or its dataset.yaml) and the field's
+# named ones, each a fixed layout and mask coding over the same reader (data/folder.py).
+@register_dataset
+def folder(
+    root: Path,
+    split: str,
+    transform=None,
+    without_holdout: bool = False,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+) -> Dataset:
+    from data.folder import read_folder
+
+    return _carve_holdout(read_folder, root, split, transform, without_holdout, holdout_fraction)
+
+
+@register_dataset
+def ade20k(
+    root: Path,
+    split: str,
+    transform=None,
+    without_holdout: bool = False,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+) -> Dataset:
+    from data.ade20k import read_ade20k
+
+    return _carve_holdout(read_ade20k, root, split, transform, without_holdout, holdout_fraction)
+
+
+@register_dataset
+def camvid(
+    root: Path,
+    split: str,
+    transform=None,
+    without_holdout: bool = False,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+) -> Dataset:
+    from data.camvid import read_camvid
+
+    return _carve_holdout(read_camvid, root, split, transform, without_holdout, holdout_fraction)
+
+
+@register_dataset
+def cocostuff(
+    root: Path,
+    split: str,
+    transform=None,
+    without_holdout: bool = False,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+) -> Dataset:
+    from data.cocostuff import read_cocostuff
+
+    return _carve_holdout(read_cocostuff, root, split, transform, without_holdout, holdout_fraction)
+
+
+def _carve_holdout(
+    read: Callable[..., Dataset],
+    root: Path,
+    split: str,
+    transform,
+    without_holdout: bool,
+    fraction: float,
+) -> Dataset:
+    """`read(root, split, transform)`, with the search's holdout carved from train as VOC's is:
+    split "holdout" is that share of train, `without_holdout` gives train less it; val is never
+    touched."""
+    check_holdout_fraction(fraction)
+    if split == "holdout":
+        return _hold_out(read(root, "train", transform), "holdout", fraction)
+    dataset = read(root, split, transform)
+    if without_holdout and split == "train":
+        return _hold_out(dataset, "rest", fraction)
+    return dataset
+
+
 def check_holdout_fraction(value) -> None:
     """A number strictly between 0 and 1: 0 would leave the reward no image, 1 the proxy none
     of those it may hold out."""

@@ -43,7 +43,9 @@ def fail(message: str) -> NoReturn:
 
 @dataclass
 class DataConfig:
-    name: str = "auto"  # shapes | voc | cityscapes | auto (VOC, else Cityscapes, else shapes)
+    # shapes | voc | cityscapes | ade20k | camvid | cocostuff | folder (a user's own: root is
+    # its folder or its dataset.yaml) | auto (VOC, else Cityscapes, else shapes)
+    name: str = "auto"
     root: str = ""  # "" = <repo>/data
     params: dict[str, Any] = field(default_factory=dict)  # dataset arguments (shapes: size ...)
 
@@ -137,7 +139,9 @@ def with_image_cache(dataset, transform, largest: list[int] | None, data: DataCo
         return dataset
     from data.cache import cached_dataset
 
-    return cached_dataset(dataset, tuple(largest), Path(data.root) / "cache", transform)
+    root = Path(data.root)
+    folder = root.parent if root.is_file() else root  # data=path/to/dataset.yaml: its folder
+    return cached_dataset(dataset, tuple(largest), folder / "cache", transform)
 
 
 def preflight(build: Callable[[], Any]) -> None:
@@ -173,9 +177,19 @@ def take_num_gpus(words: list[str]) -> int | None:
 
 
 def dataset_choice(name: str | None, root: str | None, default_root: str | None) -> tuple:
-    """(dataset name with auto resolved, data root) for `data=NAME` and `data.root=...`."""
+    """(dataset name with auto resolved, data root) for `data=NAME` and `data.root=...`.
+    `data=path/to/dataset.yaml` is the folder dataset with that file as its root."""
     import data as datasets  # the dataset registry (and the torchvision compatibility import)
 
+    if name and name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ConfigError(f"data={name}: no such dataset file")
+        if root:
+            raise ConfigError(
+                f"data={name} names the dataset by its file; drop data.root={root} (the file's "
+                "folder is the root, or the file's own root: key)"
+            )
+        return "folder", str(Path(name).resolve())
     name = name or "auto"
     root = root or default_root or str(datasets.DEFAULT_ROOT)
     if name not in ("auto", *datasets.list_datasets()):

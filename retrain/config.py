@@ -94,14 +94,17 @@ def resolve(path: Path, overrides: dict[str, str], data_root: str | None = None)
     doc = read_file(path)
     overrides = dict(overrides)
     file_data = doc.get("data") or {}
+    chosen = overrides.pop("data", None)
     name, root = dataset_choice(
-        overrides.pop("data", None) or file_data.get("name"), overrides.get("data.root"), data_root
+        chosen or file_data.get("name"), overrides.get("data.root"), data_root
     )
     config = OmegaConf.structured(RetrainConfig)
     profile = EXPERIMENTS / "data" / f"{name}.yaml"
     merge_file(config, profile, OPEN_KEYS, skip=("proxy", "search", "ppo", "ray"))
     if file_data.get("name") not in (None, name):  # the file's dataset arguments are for another
         doc = {k: v for k, v in doc.items() if k != "data"}
+    elif chosen and chosen.endswith((".yaml", ".yml")):  # data=FILE.yaml places the data itself
+        doc = {**doc, "data": {k: v for k, v in file_data.items() if k != "root"}}
     merge_file(config, path, OPEN_KEYS, layer=doc)
     for key, value in overrides.items():
         set_key(config, key, value, OPEN_KEYS)

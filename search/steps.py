@@ -427,9 +427,12 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
     path = Path(run_dir) / f"{search.metric}_bezier.yaml"
     # when no searched loss beat cross-entropy: retrain with CE, and say so
     loss = {"name": "ce"} if summary["loss"] == "ce" else loss_section(search, summary["raw"])
+    data = {"name": cfg.data.name, "params": dict(cfg.data.params)}
+    if cfg.data.name == "folder":  # a user's dataset has no default place to look for it
+        data["root"] = cfg.data.root
     doc = {
         "loss": loss,
-        "data": {"name": cfg.data.name, "params": dict(cfg.data.params)},
+        "data": data,
         "search": {
             "run": str(run_dir),
             "candidate": summary["best"],
