@@ -1,11 +1,12 @@
 """Datasets by name: `build_dataset(name, root, split, transform)` for shapes, voc, cityscapes,
-and `resolve_dataset("auto", root)`: VOC if present under root, else Cityscapes, else the built-in
-shapes (DESIGN.md). The readers are imported by their builder, only when used.
+folder (a user's own), ade20k, camvid, cocostuff, and `resolve_dataset("auto", root)`: VOC if
+present under root, else Cityscapes, else the built-in shapes (DESIGN.md). The readers are
+imported by their builder, only when used.
 
 Every dataset has a `holdout` split for the search's reward (SPEC B4): shapes draws it from its own
-random stream; voc and cityscapes hold out a fraction of their train list (`holdout_fraction`,
-the key data.params.holdout_fraction), and `without_holdout=True` gives the train split without
-those images (what the proxy trains on)."""
+random stream; the others hold out a fraction of their train list (`holdout_fraction`, the key
+data.params.holdout_fraction, `_carve_holdout`), and `without_holdout=True` gives the train split
+without those images (what the proxy trains on)."""
 
 import math
 from collections.abc import Callable
@@ -66,14 +67,10 @@ def voc(
 ) -> Dataset:
     from data.voc import VOCSegmentation
 
-    check_holdout_fraction(holdout_fraction)
-    if split == "holdout":
-        dataset = VOCSegmentation(root, "train", transform, aug=aug)
-        return _hold_out(dataset, "holdout", holdout_fraction)
-    dataset = VOCSegmentation(root, split, transform, aug=aug)
-    if without_holdout and split == "train":
-        return _hold_out(dataset, "rest", holdout_fraction)
-    return dataset
+    def read(root: Path, split: str, transform) -> Dataset:
+        return VOCSegmentation(root, split, transform, aug=aug)
+
+    return _carve_holdout(read, root, split, transform, without_holdout, holdout_fraction)
 
 
 @register_dataset
@@ -86,14 +83,10 @@ def cityscapes(
 ) -> Dataset:
     from data.cityscapes import Cityscapes
 
-    check_holdout_fraction(holdout_fraction)
-    if split == "holdout":
-        dataset = Cityscapes(root / "cityscapes", "train", transform)
-        return _hold_out(dataset, "holdout", holdout_fraction)
-    dataset = Cityscapes(root / "cityscapes", split, transform)
-    if without_holdout and split == "train":
-        return _hold_out(dataset, "rest", holdout_fraction)
-    return dataset
+    def read(root: Path, split: str, transform) -> Dataset:
+        return Cityscapes(root / "cityscapes", split, transform)
+
+    return _carve_holdout(read, root, split, transform, without_holdout, holdout_fraction)
 
 
 # The folder datasets: a user's own (root: the folder, or its dataset.yaml) and the field's
@@ -158,8 +151,8 @@ def _carve_holdout(
     without_holdout: bool,
     fraction: float,
 ) -> Dataset:
-    """`read(root, split, transform)`, with the search's holdout carved from train as VOC's is:
-    split "holdout" is that share of train, `without_holdout` gives train less it; val is never
+    """`read(root, split, transform)`, with the search's holdout carved from train: split
+    "holdout" is that share of train, `without_holdout` gives train less it; val is never
     touched."""
     check_holdout_fraction(fraction)
     if split == "holdout":
