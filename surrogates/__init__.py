@@ -1,4 +1,5 @@
-"""Exact segmentation metrics, Bezier curves, metric surrogates and baseline losses. Torch only."""
+"""Exact segmentation metrics, Bezier curves, metric surrogates and baseline losses, and metric
+specs (a metric as a formula over per-class counts). Torch only."""
 
 from surrogates.curves import (
     PRESETS,
@@ -10,14 +11,25 @@ from surrogates.curves import (
     raw_to_control,
 )
 from surrogates.losses import build_loss, list_losses
-from surrogates.metrics import METRIC_COLUMNS, SegMetrics
+from surrogates.metrics import METRIC_COLUMNS, SegMetrics, SpecMetric
+from surrogates.spec import (
+    SPEC_PIECES,
+    MetricSpec,
+    list_specs,
+    load_spec,
+    spec_curves,
+    spec_from_dict,
+)
 from surrogates.surrogate import METRICS, SurrogateLoss
 
 __all__ = [
     "METRICS",
     "METRIC_COLUMNS",
     "PRESETS",
+    "SPEC_PIECES",
+    "MetricSpec",
     "SegMetrics",
+    "SpecMetric",
     "SurrogateLoss",
     "build_loss",
     "control_to_raw",
@@ -26,5 +38,9 @@ __all__ = [
     "identity_raw",
     "list_losses",
     "list_presets",
+    "list_specs",
+    "load_spec",
     "raw_to_control",
+    "spec_curves",
+    "spec_from_dict",
 ]

@@ -13,6 +13,11 @@ through searched monotone curves h (surrogates/curves.py), pooled over the batch
     bf1    soft edge B = h3(p) + h4(e) - h3(p) h4(e) - h1(p) h2(e), e = 3x3 erosion of p;
            per-class boundary F1 of B against GT edges with dilation; mean over classes with
            GT edges.
+    spec   a MetricSpec (surrogates/spec.py): TP_c = sum m h_TP(p_c) y_c, FP_c = sum m
+           h_FP(p_c) (1 - y_c), FN_c = |Y_c| - TP_c, TN_c = sum m - |Y_c| - FP_c (m restricted
+           to the GT band when the spec has one), then the spec's formula, with eps added to
+           every denominator that holds a count, and its reduction. miou's I_c and U_c - eps
+           are TP_c and TP_c + FP_c + FN_c, so the miou spec is the miou surrogate.
 
 Why it is fast: y is one-hot, so h_I (and h for macc/gacc) is evaluated only at each pixel's GT
 channel (N x H x W values), and U_c = |Y_c| + sum over all channels of m h_U(p_c) - sum at the GT
@@ -44,6 +49,15 @@ from surrogates.curves import (
     preset_theta,
 )
 from surrogates.fused import fused
+from surrogates.spec import (
+    BUILTIN_SPECS,
+    MetricSpec,
+    as_spec,
+    eps_divide,
+    reduce_counts,
+    spec_curves,
+    spec_theta,
+)
 
 METRICS = tuple(METRIC_CURVES)  # miou fwiou biou macc gacc bf1
 BOUNDARY_METRICS = ("biou", "bf1")
@@ -55,16 +69,23 @@ class SurrogateLoss(nn.Module):
     """1 - S, where S is a differentiable surrogate of `metric` (SPEC B2).
 
     Args:
-        metric: one of miou, fwiou, biou, macc, gacc, bf1.
+        metric: one of miou, fwiou, biou, macc, gacc, bf1 (the hand-written kernels); or a
+            metric spec (surrogates/spec.py): a MetricSpec, a dict, another built-in spec
+            name (dice, fbeta, tversky, ...) or a YAML path. A spec's curves are h_TP then
+            h_FP, those its formula needs (`spec_curves`); its band sets `tolerance`, its
+            per_image sets group_size 1, and with class_reduction "present" its `absent` rule
+            applies to the classes absent from the group's GT.
         theta: flat control-point vector in the reference layout (12 numbers for miou, fwiou,
-            biou: h_I then h_U; 6 for macc, gacc; 8 for bf1: h1..h4; more with more pieces per
-            curve), or a preset name (`identity`, `asl-voc-miou`, ...).
+            biou: h_I then h_U; 6 for macc, gacc; 8 for bf1: h1..h4; 6 per curve of a spec;
+            more with more pieces per curve), or a preset name (`identity`, `asl-voc-miou`,
+            ...).
         num_classes: C, the number of logit channels.
         ignore_index: label of void pixels; they influence neither value nor gradient (bf1 uses
             them only to locate GT edges next to void, as the reference does).
-        tolerance: boundary tolerance r in pixels (biou band, bf1 matching), square (2r+1)^2.
+        tolerance: boundary tolerance r in pixels (biou band, bf1 matching), square (2r+1)^2;
+            a spec with a band uses its band instead.
         drop_background: leave class 0 out of the biou trimap / the bf1 class mean. None = the
-            reference default (biou True, bf1 False).
+            reference default (biou and specs with a band True, bf1 False).
         eps: the reference's 1e-8.
         class_reduction: "all" averages miou/biou/macc over all C classes (reference: classes
             absent from the batch count as 0); "present" averages over classes present in the
@@ -85,8 +106,9 @@ class SurrogateLoss(nn.Module):
             so every process sees the surrogate of the global batch. The backward all-reduces too,
             so DDP's gradient averaging yields the gradient of the global loss. A no-op when no
             process group is initialised.
-        region_weight: w >= 0, for biou and bf1 only: adds w * (1 - soft mIoU with identity
-            curves), which stops a boundary loss from collapsing region quality (A§6.2).
+        region_weight: w >= 0, for biou, bf1 and specs with a band only: adds w * (1 - soft mIoU
+            with identity curves), which stops a boundary loss from collapsing region quality
+            (A§6.2).
         ce_weight: l in [0, 1]: the loss becomes (1 - l) * (the above) + l * cross-entropy (mean
             over valid pixels); 0 is the reference objective. The Jaccard-loss literature reports
             mixes near 0.25 CE : 0.75 surrogate doing best (search.ce_mix searches l).
@@ -100,7 +122,7 @@ class SurrogateLoss(nn.Module):
 
     def __init__(
         self,
-        metric: str,
+        metric: "str | MetricSpec | dict",
         theta: str | Sequence[float],
         num_classes: int,
         ignore_index: int = 255,
@@ -116,24 +138,31 @@ class SurrogateLoss(nn.Module):
         debug: bool | None = None,
     ):
         super().__init__()
-        if metric not in METRICS:
-            raise unknown_name("metric", metric, METRICS)
+        spec = _spec_of(metric)  # None for the six hand-written surrogates
+        curves = METRIC_CURVES[metric] if spec is None else len(spec_curves(spec))
         if isinstance(theta, str):
-            theta = preset_theta(theta, metric)
-        check_theta(theta, METRIC_CURVES[metric])
+            theta = preset_theta(theta, metric) if spec is None else spec_theta(theta, spec)
+        check_theta(theta, curves)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if not isinstance(tolerance, int) or tolerance < 0:
             raise ValueError(f"tolerance must be an integer >= 0 pixels, got {tolerance!r}")
         if class_reduction not in CLASS_REDUCTIONS:
             raise unknown_name("class_reduction", class_reduction, CLASS_REDUCTIONS)
-        if region_weight < 0 or (region_weight > 0 and metric not in BOUNDARY_METRICS):
+        band = spec is not None and spec.band > 0
+        boundary = band if spec is not None else metric in BOUNDARY_METRICS
+        name = metric if spec is None else spec.name
+        if region_weight < 0 or (region_weight > 0 and not boundary):
             raise ValueError(
-                f"region_weight={region_weight} is for the boundary metrics biou and bf1 "
-                f"(a weight >= 0); metric is {metric}"
+                f"region_weight={region_weight} is for the boundary metrics biou and bf1 and "
+                f"specs with a band (a weight >= 0); metric is {name}"
             )
         if not 0 <= ce_weight <= 1:
             raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+        if spec is not None and spec.images == "per_image":
+            if group_size not in (None, 1):
+                raise ValueError(f"metric '{name}' is per_image: group_size 1, not {group_size}")
+            per_image = True
         if per_image:
             if group_size not in (None, 1):
                 raise ValueError(f"per_image=True is group_size=1, not {group_size}")
@@ -145,13 +174,17 @@ class SurrogateLoss(nn.Module):
                 "sync=True pools class sums across processes; per_image / group_size compute "
                 "the surrogate per group of images, which has nothing to pool"
             )
-        self.metric = metric
+        self.metric = name
+        self.spec = spec
+        self.curves = None if spec is None else spec_curves(spec)  # the tables' order
         self.theta = [float(v) for v in theta]
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.tolerance = tolerance
+        self.tolerance = spec.band if band else tolerance
         if drop_background is None:
-            drop_background = _DEFAULT_DROP_BACKGROUND.get(metric, False)
+            drop_background = (
+                band if spec is not None else _DEFAULT_DROP_BACKGROUND.get(metric, False)
+            )
         self.drop_background = bool(drop_background)
         self.eps = eps
         self.class_reduction = class_reduction
@@ -161,7 +194,7 @@ class SurrogateLoss(nn.Module):
         self.ce_weight = float(ce_weight)
         self.debug = debug_default() if debug is None else debug
         self.values_checked = False
-        tables = torch.stack(curve_tables(self.theta, METRIC_CURVES[metric]))
+        tables = torch.stack(curve_tables(self.theta, curves))
         self.register_buffer("tables", tables, persistent=False)  # (curves, pieces, 7)
 
     @classmethod
@@ -215,7 +248,10 @@ class SurrogateLoss(nn.Module):
             z = logits if logits.dtype == torch.float64 else logits.float()
             valid = target != self.ignore_index
             labels = torch.where(valid, target, 0).long()
-            if self.metric == "bf1":
+            if self.spec is not None:
+                weight = valid & self._trimap(labels, valid) if self.spec.band else valid
+                loss = 1 - self._spec(z, labels, weight)
+            elif self.metric == "bf1":
                 loss = 1 - self._bf1(z, labels, valid)
             elif self.metric in ("macc", "gacc"):
                 loss = 1 - self._accuracy(z, labels, valid)
@@ -319,6 +355,38 @@ class SurrogateLoss(nn.Module):
             return _mean_over_groups(per_group, count.sum(1) > 0)
         return self._reduce_classes(hits / (count + self.eps), count)
 
+    def _spec(self, z, labels, weight) -> torch.Tensor:
+        """A metric spec's surrogate: the soft counts as the miou surrogate builds them (h_FP
+        over every channel only when the formula reads fp or tn), the formula with eps in
+        its count denominators, the spec's reduction per group, then the mean over groups."""
+        n, c = z.shape[:2]
+        labels = labels.reshape(n, -1)  # (N, P)
+        weight = weight.to(z.dtype).reshape(n, -1)
+        table = dict(zip(self.curves, self.tables, strict=True))
+        dense_weight = weight if "fp" in table else None  # no union curve, no dense sums
+        # (N, C): sum_i m h_FP(p_c), and (N, P) the probability of each pixel's GT class
+        soft_all, p_gt = _SoftmaxSums.apply(
+            z.reshape(n, c, -1), labels, dense_weight, table.get("fp")
+        )
+        count = self._class_sums(labels, weight)  # (G, C) GT pixels |Y_c|
+        tp = soft_all_g = soft_gt = torch.zeros_like(count)
+        if "tp" in table:
+            tp = self._class_sums(labels, bezier(p_gt, table["tp"]) * weight)
+        if "fp" in table:  # FP_c = all of h_FP(p_c) minus its GT pixels' part
+            soft_all_g = self._by_group(soft_all)
+            soft_gt = self._class_sums(labels, bezier(p_gt, table["fp"]) * weight)
+        tp, count, soft_all_g, soft_gt = self._sync(tp, count, soft_all_g, soft_gt)
+        fp = soft_all_g - soft_gt
+        fn = count - tp
+        tn = count.sum(1, keepdim=True) - count - fp
+        counts = torch.stack([tp, fp, fn, tn], -1)  # (G, C, 4)
+        # "all": every class is in the mean (softmax mass is never exactly 0, so no class is
+        # absent from GT and soft prediction: the reference's mean over all C); "present":
+        # classes without GT pixels in the group are absent, and the spec's rule applies
+        absent = count == 0 if self.class_reduction == "present" else torch.zeros_like(count) > 0
+        value, defined = reduce_counts(self.spec, counts, absent, eps_divide(self.eps))
+        return _mean_over_groups(value, defined & (count.sum(1) > 0))
+
     def _trimap(self, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """GT band: edges of (foreground) classes dilated by the tolerance (A§2.4). No gradient."""
         edges = _gt_edges(labels, valid, self.num_classes)
@@ -385,6 +453,16 @@ class SurrogateLoss(nn.Module):
             z, self.tables, near_gt, classes, nothing, nothing, nothing, self.tolerance, gt_edges
         )
         return [n_gt, *sums]
+
+
+def _spec_of(metric: "str | MetricSpec | dict") -> MetricSpec | None:
+    """None for the six hand-written surrogates, else the metric spec `metric` names."""
+    if isinstance(metric, str) and metric in METRICS:
+        return None
+    if isinstance(metric, str) and metric not in BUILTIN_SPECS:
+        if not metric.endswith((".yaml", ".yml")):
+            raise unknown_name("metric", metric, {*METRICS, *BUILTIN_SPECS})
+    return as_spec(metric)
 
 
 def _dense_recall(device: torch.device) -> bool:
