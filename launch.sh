@@ -20,9 +20,11 @@ usage: ./launch.sh COMMAND [ARGS...]
       continue an interrupted retrain
   report RUN_DIR [RUN_DIR ...]
       report.md and plots of search and retrain runs
+  check-data [data=NAME] [data.root=DIR] [data.params.KEY=VALUE ...]
+      check every mask and image of a dataset (what search and retrain check before they start)
   bench NAME [ARGS ...]
       run bench/NAME.py: losses metrics train_step search_overhead gpu quality fidelity
-      controllers holdout
+      controllers holdout check_data
   test [PYTEST_ARGS ...]
       run the test suite (what CI runs)
   setup
@@ -72,6 +74,10 @@ case "$cmd" in
   retrain)
     setup_venv
     exec .venv/bin/python -m retrain.run "$@"
+    ;;
+  check-data)
+    setup_venv
+    exec .venv/bin/python -m experiments.check_data "$@"
     ;;
   test)
     setup_venv

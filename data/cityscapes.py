@@ -20,6 +20,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from data.masks import VOID, MaskCoding
 from data.torchvision_compat import torchvision  # noqa: F401  (loads torchvision on a CPU torch)
 
 # isort: split
@@ -66,6 +67,14 @@ class Cityscapes(torch.utils.data.Dataset):
     num_classes = len(CLASS_NAMES)
     ignore_index = IGNORE_INDEX
     class_names = CLASS_NAMES
+    # every labelId 0..33 named (a train id or void), so a raw value above 33 is invalid, as
+    # __getitem__ refuses it; no raw value means void by itself (void=None)
+    coding = MaskCoding(
+        num_classes=len(CLASS_NAMES),
+        encoding="index",
+        void=None,
+        class_map=tuple((i, LABEL_TO_TRAIN_ID.get(i, VOID)) for i in range(MAX_LABEL_ID + 1)),
+    )
 
     def __init__(
         self, root: str | Path, split: str = "train", transform: Callable | None = None
@@ -74,7 +83,9 @@ class Cityscapes(torch.utils.data.Dataset):
             valid = ", ".join(SPLITS)
             raise ValueError(f"unknown Cityscapes split {split!r}; valid splits: {valid}")
         self.root = Path(root)
+        self.split = split
         self.transform = transform
+        self.unmatched: list[Path] = []  # a missing label is an error here, never left out
         image_dir, label_dir = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
         for folder in (self.root, image_dir, label_dir):
             if not folder.is_dir():

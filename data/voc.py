@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from data.masks import MaskCoding
 from data.torchvision_compat import torchvision  # noqa: F401  (loads torchvision on a CPU torch)
 
 # isort: split
@@ -78,6 +79,8 @@ class VOCSegmentation(torch.utils.data.Dataset):
     num_classes = len(CLASS_NAMES)
     ignore_index = IGNORE_INDEX
     class_names = CLASS_NAMES
+    # what the raw label values mean (data/masks.py): what check-data reads the labels with
+    coding = MaskCoding(num_classes=len(CLASS_NAMES), encoding="index", void=IGNORE_INDEX)
 
     def __init__(
         self,
@@ -89,7 +92,9 @@ class VOCSegmentation(torch.utils.data.Dataset):
         if split not in SPLITS:
             raise ValueError(f"unknown VOC split {split!r}; valid splits: {', '.join(SPLITS)}")
         self.root = Path(root)
+        self.split = split
         self.transform = transform
+        self.unmatched: list[Path] = []  # a missing file is an error here, never left out
         voc = self.root / "VOCdevkit" / "VOC2012"
         for folder in (self.root, voc / "JPEGImages", voc / "ImageSets" / "Segmentation"):
             _require_dir(folder)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
+from experiments.check_data import check_before_start
 from experiments.config import (
     REPO,
     ConfigError,
@@ -82,7 +83,8 @@ def plan(args: argparse.Namespace) -> tuple[RetrainConfig, Path | None]:
 
 
 def check_builds(cfg: RetrainConfig) -> None:
-    """Everything a process builds, once, before a run folder exists."""
+    """Everything a process builds, once, before a run folder exists; then the data check of
+    `./launch.sh check-data` on the splits the retrain reads (every broken file listed)."""
 
     def build() -> None:
         train_set = build_train_set(cfg.data, cfg.retrain)
@@ -90,7 +92,8 @@ def check_builds(cfg: RetrainConfig) -> None:
         build_segnet(cfg.retrain.model, train_set.num_classes, **cfg.retrain.model_args)
         make_loss(cfg, train_set.num_classes)
 
-    preflight(build)
+    preflight(build)  # a dataset that cannot be built at all: its reader's one line
+    check_before_start(cfg.data, tuple(dict.fromkeys(("train", cfg.retrain.eval_split))), "retrain")
     # a loss group may span processes (SurrogateLoss gathers the per-image sums): only the
     # batch itself must split
     batch = cfg.retrain.fit.batch_size

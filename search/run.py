@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
+from experiments.check_data import check_before_start
 from experiments.config import (
     REPO,
     ConfigError,
@@ -110,7 +111,9 @@ def _gpus(requested: int | None, cfg: Config) -> int:
 def check_builds(cfg: Config) -> SurrogateLoss:
     """Build what every trial builds, once: a missing dataset or a bad model argument is an
     error now rather than a failed trial later; the shapes or image cache and the compiled loss
-    kernels are made here once, before the trials that share them. Returns the loss built."""
+    kernels are made here once, before the trials that share them. Then the data check of
+    `./launch.sh check-data` on the splits the search reads: every broken file listed now, not
+    a failed trial (or a wrong reward) later. Returns the loss built."""
     built = {}
 
     def build() -> None:
@@ -120,7 +123,8 @@ def check_builds(cfg: Config) -> SurrogateLoss:
             cfg, initial_raw(cfg.search.metric, cfg.search.ce_mix), train_set.num_classes
         )
 
-    preflight(build)
+    preflight(build)  # a dataset that cannot be built at all: its reader's one line
+    check_before_start(cfg.data, ("train", "val"), "search")
     return built["loss"]
 
 

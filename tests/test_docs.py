@@ -106,6 +106,14 @@ def check_bench(words: list[str]) -> None:
             assert f'"{flag}"' in source, f"bench/{name}.py has no option {flag}"
 
 
+def check_data_words(words: list[str]) -> None:
+    """check-data's own resolution of its words (the dataset need not exist)."""
+    from experiments import check_data
+
+    if not any(word.startswith("[") or "NAME" in word for word in words):
+        check_data.resolve(words)
+
+
 COMMANDS = documented_commands()
 
 
@@ -126,6 +134,8 @@ def test_documented_command_is_accepted_by_the_launcher(where, command):
             check_stage(retrain_run, rest)
         elif name == "bench" and rest:
             check_bench(rest)
+        elif name == "check-data" and rest:
+            check_data_words(rest)
     except (ConfigError, SystemExit, AssertionError) as error:
         pytest.fail(f"{where}: `{command}` is refused: {error}")
 
