@@ -8,6 +8,7 @@ random stream; the others hold out a fraction of their train list (`holdout_frac
 data.params.holdout_fraction, `_carve_holdout`), and `without_holdout=True` gives the train split
 without those images (what the proxy trains on)."""
 
+import importlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -89,58 +90,28 @@ def cityscapes(
     return _carve_holdout(read, root, split, transform, without_holdout, holdout_fraction)
 
 
-# The folder datasets: a user's own (root: the folder, or its dataset.yaml) and the field's
-# named ones, each a fixed layout and mask coding over the same reader (data/folder.py).
-@register_dataset
-def folder(
-    root: Path,
-    split: str,
-    transform=None,
-    without_holdout: bool = False,
-    holdout_fraction: float = HOLDOUT_FRACTION,
-) -> Dataset:
-    from data.folder import read_folder
+def _file_dataset(name: str) -> None:
+    """Register `name`, read by data/<name>.py's read_<name>(root, split, transform), with the
+    holdout carved from train."""
 
-    return _carve_holdout(read_folder, root, split, transform, without_holdout, holdout_fraction)
+    def build(
+        root: Path,
+        split: str,
+        transform=None,
+        without_holdout: bool = False,
+        holdout_fraction: float = HOLDOUT_FRACTION,
+    ) -> Dataset:
+        read = getattr(importlib.import_module(f"data.{name}"), f"read_{name}")
+        return _carve_holdout(read, root, split, transform, without_holdout, holdout_fraction)
 
-
-@register_dataset
-def ade20k(
-    root: Path,
-    split: str,
-    transform=None,
-    without_holdout: bool = False,
-    holdout_fraction: float = HOLDOUT_FRACTION,
-) -> Dataset:
-    from data.ade20k import read_ade20k
-
-    return _carve_holdout(read_ade20k, root, split, transform, without_holdout, holdout_fraction)
+    build.__name__ = name
+    register_dataset(build)
 
 
-@register_dataset
-def camvid(
-    root: Path,
-    split: str,
-    transform=None,
-    without_holdout: bool = False,
-    holdout_fraction: float = HOLDOUT_FRACTION,
-) -> Dataset:
-    from data.camvid import read_camvid
-
-    return _carve_holdout(read_camvid, root, split, transform, without_holdout, holdout_fraction)
-
-
-@register_dataset
-def cocostuff(
-    root: Path,
-    split: str,
-    transform=None,
-    without_holdout: bool = False,
-    holdout_fraction: float = HOLDOUT_FRACTION,
-) -> Dataset:
-    from data.cocostuff import read_cocostuff
-
-    return _carve_holdout(read_cocostuff, root, split, transform, without_holdout, holdout_fraction)
+# The folder datasets: a user's own (`folder`, root: the folder or its dataset.yaml) and the
+# field's named ones, each a fixed layout and mask coding over the same reader (data/folder.py).
+for _name in ("folder", "ade20k", "camvid", "cocostuff"):
+    _file_dataset(_name)
 
 
 def _carve_holdout(
