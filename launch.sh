@@ -9,8 +9,11 @@ usage() {
 usage: ./launch.sh COMMAND [ARGS...]
 
   search METRIC [NUM_GPUS] [key=value ...] [--address ADDR] [--results DIR]
-      search a surrogate loss for METRIC (miou fwiou macc gacc biou bf1); NUM_GPUS defaults to
-      every visible GPU, 4 trials on each; without a GPU, CPU trials, at most one per core
+      search a surrogate loss for METRIC: miou fwiou macc gacc biou bf1, a metric spec (dice
+      fbeta tversky precision recall specificity balanced_accuracy miou_image dice_image) or a
+      spec file (my_metric.yaml; search.metric_args={beta: 1} sets its constants); NUM_GPUS
+      defaults to every visible GPU, 4 trials on each; without a GPU, CPU trials, at most one
+      per core
   search --resume RUN_DIR [--address ADDR]
       continue an interrupted search
   retrain FILE [NUM_GPUS] [key=value ...] [--baseline ce] [--results DIR]

@@ -12,7 +12,8 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from results.runs import METRICS, RetrainRun, SearchRun
+from results.runs import RetrainRun, SearchRun
+from surrogates import spec_curves, spec_from_dict
 
 # the curves of each metric's surrogate, in the order of their control points in theta (SPEC A§2)
 _REGION = ["h_I (intersection)", "h_U (union)"]
@@ -75,8 +76,18 @@ def plot_rewards(run: SearchRun) -> plt.Figure:
     return fig
 
 
+def curve_names(run: SearchRun) -> list[str]:
+    """The surrogate's curves of a search, in theta's order: a metric spec's are those its
+    formula reads (surrogates.spec_curves: h_TP, h_FP)."""
+    spec = run.config["search"].get("metric_spec")
+    if not spec:
+        return CURVE_NAMES[run.metric]
+    names = {"tp": "h_TP (true positives)", "fp": "h_FP (false positives)"}
+    return [names[curve] for curve in spec_curves(spec_from_dict(spec))]
+
+
 def plot_curves(run: SearchRun) -> plt.Figure:
-    names = CURVE_NAMES[run.metric]
+    names = curve_names(run)
     curves = len(names)
     fig, axes = plt.subplots(1, curves, figsize=(4.2 * curves, 4.2), squeeze=False)
     theta_columns = [c for c in run.policy.columns if c.startswith("theta_")]
@@ -125,7 +136,7 @@ def plot_parameters(run: SearchRun) -> plt.Figure:
 
 def plot_metrics(run: RetrainRun) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for metric in METRICS:
+    for metric in run.metric_columns:
         style = "o-" if metric == run.target else ".-"
         label = f"{metric} (target)" if metric == run.target else metric
         ax.plot(run.metrics.iteration, 100 * run.metrics[metric], style, label=label)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 
 from results import plots  # noqa: E402
 from results.files import atomic_path, comparison_markdown, write_text  # noqa: E402
-from results.runs import METRICS, load_retrain, load_search, run_kind  # noqa: E402
+from results.runs import load_retrain, load_search, run_kind  # noqa: E402
 from surrogates import METRIC_COLUMNS  # noqa: E402
 
 
@@ -56,8 +56,9 @@ def search_report(path: Path) -> str:
     if "iterations" in trials:  # successive halving: lower rungs score fewer iterations
         trials = trials[trials.iterations == trials.iterations.max()]
     top = trials[trials.status == "ok"].nlargest(5, "reward").fillna({"candidate": ""})
-    columns = ["phase", "step", "sample", "candidate", "seed", "reward", *METRICS]
-    lines += ["", "## Top trials (%)", "", _percent(top[columns]).to_markdown(index=False)]
+    columns = ["phase", "step", "sample", "candidate", "seed", "reward", *run.metric_columns]
+    percent = [*run.metric_columns, "reward"]
+    lines += ["", "## Top trials (%)", "", _percent(top[columns], percent).to_markdown(index=False)]
     candidates = run.candidates()
     if not candidates.empty:
         lines += ["", "## Confirmation round", "", _percent(candidates).to_markdown(index=False)]
@@ -72,7 +73,8 @@ def retrain_report(path: Path) -> str:
     if run.metrics.empty:
         return "\n".join([*lines, "", "No evaluation yet."])
     figures = [_save(plots.plot_metrics(run), path / "plots" / "metrics.png")]
-    lines += ["", "## Evaluations (%)", "", _percent(run.metrics).to_markdown(index=False)]
+    evaluations = _percent(run.metrics, run.metric_columns)
+    lines += ["", "## Evaluations (%)", "", evaluations.to_markdown(index=False)]
     if not run.classes.empty:
         last = run.classes[run.classes.iteration == run.classes.iteration.max()]
         table = last.drop(columns=["iteration", "class"]).set_index("name")
@@ -86,10 +88,11 @@ def retrain_report(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _percent(table):
+def _percent(table, metrics: list[str] = ()):
+    """Metric and reward columns in % (`metrics`: more columns, a metric spec's)."""
     table = table.copy()
     for column in table.columns:
-        if column in (*METRIC_COLUMNS, "reward") or column.startswith("reward_"):
+        if column in (*METRIC_COLUMNS, *metrics, "reward") or column.startswith("reward_"):
             table[column] = (100 * table[column]).round(2)
     return table
 

@@ -31,6 +31,11 @@ class SearchRun:
         return self.config["search"]["metric"]
 
     @property
+    def metric_columns(self) -> list[str]:
+        """The six metrics, and the searched spec's column (dice, ...) when it has one."""
+        return metric_columns(self.trials, self.metric)
+
+    @property
     def finished(self) -> bool:
         return self.summary is not None
 
@@ -55,7 +60,23 @@ class RetrainRun:
 
     @property
     def target(self) -> str | None:
-        return self.config.get("loss", {}).get("metric")
+        """The metric the loss was searched for: a name, or a metric spec's name."""
+        metric = self.config.get("loss", {}).get("metric")
+        if isinstance(metric, dict):
+            return metric.get("name")
+        return metric or (self.config["retrain"].get("metric_spec") or {}).get("name")
+
+    @property
+    def metric_columns(self) -> list[str]:
+        """The six metrics, and the evaluated metric spec's column when there is one."""
+        spec = (self.config["retrain"].get("metric_spec") or {}).get("name")
+        return metric_columns(self.metrics, spec)
+
+
+def metric_columns(frame: pd.DataFrame, extra: str | None) -> list[str]:
+    """METRICS, then `extra` (a metric spec's column) when the frame has it."""
+    more = [extra] if extra and extra not in METRICS and extra in frame.columns else []
+    return [*METRICS, *more]
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -122,13 +143,13 @@ def compare(paths: list[str | Path]) -> pd.DataFrame:
                 best = run.trials[
                     (run.trials.phase == "confirm") & (run.trials.candidate == run.summary["best"])
                 ]
-                row.update(best[list(METRICS)].mean().to_dict())
+                row.update(best[run.metric_columns].mean().to_dict())
         else:
             run = load_retrain(path)
             row = {"run": path.name, "kind": "retrain", "data": run.config["data"]["name"]}
             row.update(target=run.target, finished=run.final is not None)
             if not run.metrics.empty:
-                row.update(run.metrics.iloc[-1][list(METRICS)].to_dict())
+                row.update(run.metrics.iloc[-1][run.metric_columns].to_dict())
                 row["iteration"] = int(run.metrics.iloc[-1]["iteration"])
         rows.append(row)
     return pd.DataFrame(rows)

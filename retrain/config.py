@@ -29,10 +29,12 @@ from experiments.config import (
 )
 from experiments.config import load as load_file
 from segnets.engine import PREDICTIONS
+from surrogates import METRIC_COLUMNS, METRICS, MetricSpec, list_specs, load_spec, spec_from_dict
 
 RETRAIN_FILES = EXPERIMENTS / "retrain"
-# free-form mappings: the loss builder, the model builder and the dataset check their keys
-OPEN_KEYS = ("data.params", "loss", "retrain.model_args", "search")
+# free-form mappings: the loss builder, the model builder, the dataset and the metric spec check
+# their keys
+OPEN_KEYS = ("data.params", "loss", "retrain.model_args", "retrain.metric_spec", "search")
 # what each top-level section of a retrain file must be
 SECTION_TYPES = {"loss": dict, "data": dict, "retrain": dict, "search": dict, "name": str}
 
@@ -47,6 +49,10 @@ class RetrainSettings(FullSizeSettings):
     classes: list[int] | None = None  # class-of-interest subset of the reported means
     tolerance: int = 5  # boundary tolerance of the evaluation (and of a loss that sets none)
     drop_background: bool = True  # VOC-style boundary metrics
+    # a metric spec evaluated beside the standard metrics (docs/metrics.md), under its name in
+    # metrics.csv and final.json; default (derived at resolve): the spec the loss was searched
+    # for (loss.metric, or a search export's search.metric_spec), so CE baselines get it too
+    metric_spec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,12 +118,53 @@ def resolve(path: Path, overrides: dict[str, str], data_root: str | None = None)
     config.data.root = str(Path(config.data.root or root).resolve())
     config.name = config.name or path.stem
     result: RetrainConfig = OmegaConf.to_object(config)
+    if not result.retrain.metric_spec:
+        result.retrain.metric_spec = searched_spec(result)
     check(result)
     return result
 
 
+def searched_spec(cfg: RetrainConfig) -> dict:
+    """The metric spec a loss file was searched for, as a dict ({} for the paper's six): the
+    loss's own metric when it is a spec (a mapping or a built-in spec name), else the spec a
+    search export records (its best loss may be a baseline, which carries no metric)."""
+    metric = cfg.loss.get("metric") or cfg.search.get("metric_spec")
+    if not metric or (isinstance(metric, str) and metric in METRICS):
+        return {}
+    try:
+        named = isinstance(metric, str) and not metric.endswith((".yaml", ".yml"))
+        if named and metric not in list_specs():
+            raise ValueError(f"loss.metric '{metric}' is not a metric (nor a spec name)")
+        spec = load_spec(metric) if isinstance(metric, str) else spec_from_dict(metric)
+    except ValueError as error:
+        raise ConfigError(f"loss.metric: {error}") from None
+    return spec.to_dict()
+
+
+def eval_specs(cfg: RetrainConfig) -> list[MetricSpec]:
+    """The specs the evaluation computes beside the standard metrics (none when SegMetrics has
+    the spec's column already: miou_image)."""
+    if not cfg.retrain.metric_spec:
+        return []
+    spec = spec_from_dict(cfg.retrain.metric_spec)
+    return [] if spec.name in METRIC_COLUMNS else [spec]
+
+
+def target_metric(cfg: RetrainConfig) -> str | None:
+    """The name of the metric the loss was searched for (a comparison's target column)."""
+    metric = cfg.loss.get("metric")
+    if isinstance(metric, dict):
+        return metric.get("name")
+    return metric or cfg.retrain.metric_spec.get("name")
+
+
 def check(cfg: RetrainConfig) -> None:
-    """Values that are well typed but wrong: the prediction procedure, ranges."""
+    """Values that are well typed but wrong: the prediction procedure, the metric spec, ranges."""
+    if cfg.retrain.metric_spec:
+        try:
+            spec_from_dict(cfg.retrain.metric_spec)
+        except ValueError as error:
+            raise ConfigError(f"retrain.metric_spec: {error}") from None
     prediction = cfg.retrain.prediction
     if prediction not in PREDICTIONS:
         raise ConfigError(

@@ -30,7 +30,7 @@ from experiments.config import (
 )
 from results.files import comparison_markdown, new_run_folder, write_json, write_text
 from retrain import config as configs
-from retrain.config import RetrainConfig, find_file, resolve
+from retrain.config import RetrainConfig, find_file, resolve, target_metric
 from retrain.train import make_eval_set, make_loss, train
 from segnets import build_segnet
 from surrogates import METRICS
@@ -128,7 +128,7 @@ def launch(cfg: RetrainConfig, run_dir: Path) -> dict:
         if done.returncode != 0:
             raise SystemExit(f"error: the DDP processes failed (exit {done.returncode})")
     final = json.loads((run_dir / "final.json").read_text())
-    shown = ", ".join(f"{k} {100 * float(final[k]):.2f}" for k in METRICS)
+    shown = ", ".join(f"{k} {100 * float(final[k]):.2f}" for k in final_metrics(cfg, final))
     print(f"[retrain] done in {float(final['seconds']) / 60:.1f} min: {shown}")
     return final
 
@@ -147,10 +147,16 @@ def find_baseline(cfg: RetrainConfig, results: Path) -> Path | None:
     return None
 
 
-def comparison(target: str | None, finals: dict[str, dict]) -> dict:
-    """comparison.json: the six metrics of each loss's final evaluation, the target marked."""
-    losses = {name: {m: float(final[m]) for m in METRICS} for name, final in finals.items()}
-    return {"target": target, "metrics": list(METRICS), "losses": losses}
+def final_metrics(cfg: RetrainConfig, final: dict) -> list[str]:
+    """The six metrics, and the metric spec's column when the evaluation has it."""
+    spec = cfg.retrain.metric_spec.get("name")
+    return [*METRICS, *([spec] if spec and spec not in METRICS and spec in final else [])]
+
+
+def comparison(target: str | None, finals: dict[str, dict], metrics: list[str]) -> dict:
+    """comparison.json: `metrics` of each loss's final evaluation, the target marked."""
+    losses = {name: {m: float(final[m]) for m in metrics} for name, final in finals.items()}
+    return {"target": target, "metrics": list(metrics), "losses": losses}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[retrain] baseline: reusing {baseline_dir}")
         base = json.loads((baseline_dir / "final.json").read_text())
-        compared = comparison(cfg.loss.get("metric"), {"ce": base, cfg.name: final})
+        finals = {"ce": base, cfg.name: final}
+        metrics = [m for m in final_metrics(cfg, final) if m in base]
+        compared = comparison(target_metric(cfg), finals, metrics)
         write_json(run_dir / "comparison.json", compared)
         table = comparison_markdown(compared)
         write_text(run_dir / "comparison.md", table)

@@ -11,6 +11,8 @@ An unknown key or a wrong type or a value out of its range is a one-line `Config
 it (experiments/config.py holds the layering both stages share).
 """
 
+import functools
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 
 from experiments.config import (
     EXPERIMENTS,
+    REPO,
     ConfigError,
     DataConfig,
     FullSizeSettings,
@@ -32,11 +35,18 @@ from experiments.config import load as load_file
 from search.controllers import list_controllers
 from search.ppo import PPOConfig
 from segnets.engine import FitConfig
-from surrogates import METRICS
+from surrogates import METRIC_COLUMNS, METRICS, MetricSpec, list_specs, load_spec, spec_from_dict
 from surrogates.checks import unknown_name
 
-# free-form argument mappings, whose keys the dataset or model constructor checks
-OPEN_MAPPINGS = ("data.params", "proxy.model_args", "confirm.model_args")
+# free-form mappings: the dataset or model constructor checks the first three's keys, the
+# metric spec its constants and its own keys
+OPEN_MAPPINGS = (
+    "data.params",
+    "proxy.model_args",
+    "confirm.model_args",
+    "search.metric_args",
+    "search.metric_spec",
+)
 
 
 @dataclass
@@ -71,7 +81,13 @@ class ConfirmSettings(FullSizeSettings):
 
 @dataclass
 class SearchConfig:
+    # one of the paper's six (miou fwiou macc gacc biou bf1), or the name of the metric spec
+    # below (docs/metrics.md): a built-in spec (dice, fbeta, ...) or a spec YAML file's name
     metric: str = "miou"
+    metric_args: dict[str, Any] = field(default_factory=dict)  # a spec's constants ({beta: 1})
+    # derived at resolve: the searched spec, in full (what --resume and the export read); empty
+    # for the paper's six, which keep their hand-written surrogates
+    metric_spec: dict[str, Any] = field(default_factory=dict)
     controller: str = "ppo"  # ppo | random | cmaes | tpe (search/controllers.py)
     random_uniform: bool = False  # random: uniform on [0,1]^D instead of the initial policy
     seed: int = 0  # controller sampling and the proxy training seed shared by all samples
@@ -125,12 +141,14 @@ class Config:
 
 
 def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None) -> Config:
-    """The full configuration of a search for `metric` with command-line overrides.
+    """The full configuration of a search for `metric` (one of METRICS, a built-in spec name
+    or a spec YAML path) with command-line overrides.
 
     `data=NAME` picks the dataset profile (default auto); every other key is a dotted path."""
     overrides = dict(overrides)
     config = OmegaConf.structured(Config)
-    merge_file(config, EXPERIMENTS / "search" / f"{metric}.yaml", OPEN_MAPPINGS)
+    if metric in METRICS:  # the paper's six have search files; a spec searches with defaults
+        merge_file(config, EXPERIMENTS / "search" / f"{metric}.yaml", OPEN_MAPPINGS)
     name, root = dataset_choice(overrides.pop("data", None), overrides.get("data.root"), data_root)
     profile = EXPERIMENTS / "data" / f"{name}.yaml"
     merge_file(config, profile, OPEN_MAPPINGS, skip=("retrain",))
@@ -139,10 +157,92 @@ def resolve(metric: str, overrides: dict[str, str], data_root: str | None = None
         set_key(config, key, value, OPEN_MAPPINGS)
     config.data.name = name
     config.data.root = str(Path(config.data.root or root).resolve())
-    config.search.metric = metric
     result: Config = OmegaConf.to_object(config)
+    spec = resolve_spec(metric, result.search.metric_args)
+    result.search.metric = metric if spec is None else spec.name
+    result.search.metric_spec = {} if spec is None else spec.to_dict()
     check(result)
     return result
+
+
+def resolve_spec(metric: str, constants: dict) -> MetricSpec | None:
+    """None for the paper's six (their hand-written surrogates and search files, unchanged),
+    else the metric spec METRIC names with search.metric_args as its constants."""
+    if metric in METRICS:
+        if constants:
+            raise ConfigError(f"search.metric_args: {metric} has no constants, got {constants}")
+        return None
+    if not str(metric).endswith((".yaml", ".yml")) and metric not in list_specs():
+        valid = sorted({*METRICS, *list_specs()})
+        error = unknown_name("metric", metric, valid)
+        raise ConfigError(f"{error} (or a metric spec file ending in .yaml)")
+    if metric not in list_specs():  # a file, from the repository root as launch.sh runs
+        metric = Path(metric) if Path(metric).is_absolute() else REPO / metric
+    try:
+        spec = load_spec(metric, **constants)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    # a column of trials.csv must mean one thing: a spec may take a metric's name only when it
+    # is that metric's own built-in spec (miou_image: SegMetrics' column is its value)
+    if spec.name in (*METRIC_COLUMNS, *TRIAL_COLUMNS) and not _is_builtin(spec):
+        raise ConfigError(
+            f"metric spec name '{spec.name}' is taken (a built-in metric or a trials.csv "
+            "column); give the spec another name (its file's name, or a name: key)"
+        )
+    return spec
+
+
+# trials.csv's columns beside the metrics (search/steps.py), which a spec's name may not take
+TRIAL_COLUMNS = (
+    "trial_id", "phase", "step", "sample", "rung", "iterations", "trained", "fidelity",
+    "candidate", "seed", "status", "reward", "reward_used", "seconds", "gpu_share", "node",
+    "reason", "ce_weight", "iteration",
+)  # fmt: skip
+
+
+def _is_builtin(spec: MetricSpec) -> bool:
+    if spec.name not in list_specs():
+        return False
+    try:
+        return spec == load_spec(spec.name, **spec.constants)
+    except ValueError:  # constants the built-in does not have
+        return False
+
+
+@functools.lru_cache(maxsize=16)
+def _spec_of(text: str) -> MetricSpec:
+    return spec_from_dict(json.loads(text))
+
+
+def target(search: SearchConfig) -> "str | MetricSpec":
+    """The searched metric as SurrogateLoss and search/space.py take it: a paper metric's name,
+    or the MetricSpec of search.metric_spec (parsed and checked once per process)."""
+    if not search.metric_spec:
+        return search.metric
+    return _spec_of(json.dumps(search.metric_spec, sort_keys=True))
+
+
+def target_specs(search: SearchConfig) -> list[MetricSpec]:
+    """The specs the reward's SegMetrics computes: the searched spec, unless SegMetrics
+    computes its column already (miou_image)."""
+    spec = target(search)
+    return [spec] if isinstance(spec, MetricSpec) and spec.name not in METRIC_COLUMNS else []
+
+
+# a hand-made baseline loss takes the spec's constants of the same meaning (tversky: alpha on
+# fp, beta on fn, as the tversky spec)
+BASELINE_CONSTANTS = {"tversky": ("alpha", "beta")}
+
+
+def baseline_args(search: SearchConfig, loss: str) -> dict:
+    """Keyword arguments of a hand-made baseline loss for the searched spec (search.steps)."""
+    constants = search.metric_spec.get("constants") or {}
+    return {key: constants[key] for key in BASELINE_CONSTANTS.get(loss, ()) if key in constants}
+
+
+def reward_columns(search: SearchConfig) -> list[str]:
+    """The metric columns of a trial's result: the standard ones and the searched spec's."""
+    return [*METRIC_COLUMNS, *(spec.name for spec in target_specs(search))]
 
 
 def confirm_layer(profile: Path) -> dict:
@@ -165,8 +265,10 @@ def confirm_iterations(config: Config) -> int:
 def check(config: Config) -> None:
     """Values that are well typed but wrong: names, choices, ranges (experiments.config)."""
     search = config.search
-    if search.metric not in METRICS:
+    if search.metric not in METRICS and not search.metric_spec:
         raise ConfigError(str(unknown_name("metric", search.metric, METRICS)))
+    if search.metric_spec and target(search).name != search.metric:
+        raise ConfigError(f"search.metric_spec is named {target(search).name}, not {search.metric}")
     if search.controller not in list_controllers():
         raise ConfigError(str(unknown_name("controller", search.controller, list_controllers())))
     search.ce_mix = _ce_mix(search.ce_mix)

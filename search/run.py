@@ -27,21 +27,23 @@ from experiments.config import (
 )
 from results.files import new_run_folder, write_text
 from search import config as configs
-from search.config import Config
+from search.config import Config, target
 from search.space import initial_raw
 from search.trial import build_datasets, build_loss, warm_up_kernels
 from segnets import build_segnet
 from segnets.engine import usable_cpus
-from surrogates import METRICS, SurrogateLoss
-from surrogates.checks import unknown_name
+from surrogates import METRICS, SurrogateLoss, list_specs
 
 RESULTS = REPO / "results" / "search"
 USAGE = """./launch.sh search METRIC [NUM_GPUS] [key=value ...] [--address ADDR] [--results DIR]
        ./launch.sh search --resume RUN_DIR [--address ADDR]
 
-METRIC: miou fwiou macc gacc biou bf1. NUM_GPUS: GPUs to use (default: every visible GPU,
-search.models_per_gpu trials on each); without a GPU, CPU trials with one thread each, at most
-one per usable core (NUM_GPUS is capped there). Keys: data=shapes|voc|cityscapes|auto and any
+METRIC: miou fwiou macc gacc biou bf1 (the paper's), a metric spec's name (dice fbeta tversky
+precision recall specificity balanced_accuracy miou_image dice_image) or a spec file
+(my_metric.yaml, a path from the repository root; search.metric_args={beta: 1} sets a spec's
+constants). NUM_GPUS: GPUs to use (default: every visible GPU, search.models_per_gpu trials on
+each); without a GPU, CPU trials with one thread each, at most one per usable core (NUM_GPUS
+is capped there). Keys: data=shapes|voc|cityscapes|auto and any
 dotted key (ppo.steps=4, proxy.fit.iterations=300, search.rungs=1, search.seed=1, ...).
 Details: docs/search.md."""
 
@@ -73,10 +75,9 @@ def plan(args: argparse.Namespace) -> tuple[Config, int, Path | None]:
         return cfg, num_gpus, run_dir
     words = list(args.words)
     if not words:
-        raise ConfigError("missing METRIC; one of " + ", ".join(METRICS))
-    metric = words.pop(0)
-    if metric not in METRICS:
-        raise ConfigError(str(unknown_name("metric", metric, METRICS)))
+        names = ", ".join([*METRICS, *(n for n in list_specs() if n not in METRICS)])
+        raise ConfigError(f"missing METRIC; one of {names}, or a metric spec file (.yaml)")
+    metric = words.pop(0)  # checked by configs.resolve: a metric, a spec name or a spec file
     num_gpus = take_num_gpus(words)
     cfg = configs.resolve(metric, parse_overrides(words))
     cfg.ray.address = args.address or cfg.ray.address
@@ -120,7 +121,7 @@ def check_builds(cfg: Config) -> SurrogateLoss:
         train_set, _ = build_datasets(cfg)
         build_segnet(cfg.proxy.model, train_set.num_classes, **cfg.proxy.model_args)
         built["loss"] = build_loss(
-            cfg, initial_raw(cfg.search.metric, cfg.search.ce_mix), train_set.num_classes
+            cfg, initial_raw(target(cfg.search), cfg.search.ce_mix), train_set.num_classes
         )
 
     preflight(build)  # a dataset that cannot be built at all: its reader's one line
@@ -169,6 +170,8 @@ def report(run_dir: Path) -> int:
     print(f"[search] {s['iterations']} proxy training iterations{extra}{hours}")
     if s["loss"] == "ce":
         print("[search] no searched loss beat cross-entropy: the export retrains with CE")
+    elif s["loss"] != "surrogate":  # a metric spec's hand-made loss (search.steps)
+        print(f"[search] no searched loss beat the {s['best']}: the export retrains with it")
     else:
         print(f"[search] theta: {[round(v, 4) for v in s['theta']]}")
     print(f"[search] exported {s['export']}")

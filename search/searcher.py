@@ -25,7 +25,7 @@ from ray.tune.search import Searcher
 from experiments.config import to_yaml
 from results.files import write_json, write_text
 from search import steps
-from search.config import Config
+from search.config import Config, target
 from search.controllers import build_controller
 from search.space import initial_raw, raw_keys, raw_of
 from search.trial import run_trial
@@ -43,7 +43,7 @@ class StepSearcher(Searcher):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         search = cfg.search
-        init = initial_raw(search.metric, search.ce_mix)
+        init = initial_raw(target(search), search.ce_mix)
         self.dims = len(init)
         uniform = search.random_uniform
         self.controller = build_controller(search.controller, init, cfg.ppo, search.seed, uniform)

@@ -15,6 +15,7 @@ adapter (search/searcher.py) hands `state.queue` out as trials, calls `record_re
 ends and `advance` when a round is complete, and pickles the state for Tune's resume.
 """
 
+import copy
 import math
 import statistics
 import time
@@ -25,10 +26,17 @@ import scipy.stats
 import yaml
 
 from results.files import write_csv, write_json, write_text
-from search.config import Config, SearchConfig, confirm_iterations
+from search.config import (
+    Config,
+    SearchConfig,
+    baseline_args,
+    confirm_iterations,
+    reward_columns,
+    target,
+)
 from search.space import ce_weight, curve_dims, initial_raw, raw_keys, to_theta
 from search.trial import SPEED_COLUMNS
-from surrogates import METRIC_COLUMNS, PRESETS
+from surrogates import PRESETS, list_losses
 from surrogates.curves import METRIC_CURVES, control_to_raw
 
 
@@ -50,6 +58,10 @@ class SearchState:
 
 FAULTS = ("raise", "nan", "kill", "oom", "oom-always")
 CROSS_ENTROPY = "cross-entropy"  # the confirmation round's CE candidate
+# A metric spec has no published preset: its confirmation round holds the hand-made loss a user
+# would reach for instead (spec name -> registered loss; skipped while the loss is not in
+# surrogates.losses), as "<loss> loss" beside cross-entropy.
+HANDMADE_BASELINES = {"dice": "dice", "dice_image": "dice", "fbeta": "dice", "tversky": "tversky"}
 
 
 def parse_faults(text: str) -> dict[tuple[int, int], str]:
@@ -152,7 +164,7 @@ def record_result(
     state: SearchState, trial_id: str, job: dict, result: dict, search: SearchConfig
 ) -> bool:
     """Keep one trial's result; True when it completes the open round."""
-    metric = search.metric
+    metric, curves = search.metric, target(search)
     ok = result.get("status") == "ok"
     reward = result.get(metric, math.nan) if ok else math.nan
     record = {
@@ -173,14 +185,14 @@ def record_result(
         "gpu_share": result.get("gpu_share", 0.0),
         "node": result.get("node", ""),
         "raw": list(job["raw"]),
-        "theta": to_theta(metric, job["raw"]),
-        "ce_weight": ce_weight(search.ce_mix, metric, job["raw"]),
+        "theta": to_theta(curves, job["raw"]),
+        "ce_weight": ce_weight(search.ce_mix, curves, job["raw"]),
     }
-    if job.get("loss") == "ce":  # no curves: the raw and theta columns stay empty
+    if job.get("loss", "surrogate") != "surrogate":  # a baseline: no curves, no raw or theta
         record["raw"], record["theta"], record["ce_weight"] = [], [], 1.0
     if job["phase"] == "confirm":
         record["reward_used"] = reward  # a search trial's is set when its step closes
-    record.update({k: result.get(k, math.nan) for k in (*METRIC_COLUMNS, *SPEED_COLUMNS)})
+    record.update({k: result.get(k, math.nan) for k in (*reward_columns(search), *SPEED_COLUMNS)})
     state.records.append(record)
     return len(_round_records(state)) == state.round_size
 
@@ -249,7 +261,7 @@ def close_step(state: SearchState, controller, cfg: Config) -> None:
     }
     mean = controller.mean
     row.update({f"mu_{d}": v for d, v in enumerate(mean)})
-    theta = to_theta(cfg.search.metric, mean)  # the mean's control points
+    theta = to_theta(target(cfg.search), mean)  # the mean's control points
     row.update({f"theta_{d}": v for d, v in enumerate(theta)})
     state.policy_rows.append(row)
 
@@ -279,9 +291,10 @@ def _full_budget(record: dict, cfg: Config) -> bool:
 
 def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
     """The final mean, the top-k distinct samples, (search.confirm_identity) the identity curve
-    and (search.confirm_baselines) the metric's published preset and cross-entropy, each with
-    the same new seeds, trained on the proxy or (search.confirm_fidelity > 0) on the retrain's
-    network and crops for a fraction of its iterations."""
+    and (search.confirm_baselines) the metric's published preset, or a spec's hand-made loss
+    (handmade_baselines), and cross-entropy, each with the same new seeds, trained on the proxy
+    or (search.confirm_fidelity > 0) on the retrain's network and crops for a fraction of its
+    iterations."""
     searched = sorted(
         (
             r
@@ -291,7 +304,7 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
         key=lambda r: -r["reward"],
     )
     candidates = [("final mean", controller.mean)]
-    identity = ("identity", initial_raw(cfg.search.metric, cfg.search.ce_mix))
+    identity = ("identity", initial_raw(target(cfg.search), cfg.search.ce_mix))
     named = [identity] if cfg.search.confirm_identity else []  # confirmed under its own name
     for r in searched:
         if len(candidates) > cfg.search.confirm_top_k:
@@ -307,6 +320,9 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
             raw += [0.0] if cfg.search.ce_mix == "searched" else []  # as published: no CE
             candidates.append((f"preset {preset}", raw))
             losses.append("surrogate")
+        for name, loss in handmade_baselines(cfg.search).items():
+            candidates.append((name, identity[1]))  # raw unused
+            losses.append(loss)
         candidates.append((CROSS_ENTROPY, identity[1]))  # raw unused
         losses.append("ce")
     state.phase, state.step, state.rung = "confirm", state.step + 1, cfg.search.rungs - 1
@@ -333,6 +349,12 @@ def open_confirmation(state: SearchState, controller, cfg: Config) -> None:
     state.round_size = len(state.queue)
 
 
+def handmade_baselines(search: SearchConfig) -> dict[str, str]:
+    """The hand-made loss candidates of a spec's confirmation round: {candidate: loss name}."""
+    loss = HANDMADE_BASELINES.get(search.metric) if search.metric_spec else None
+    return {f"{loss} loss": loss} if loss in list_losses() else {}
+
+
 def advance(state: SearchState, controller, cfg: Config, run_dir: Path, started: float) -> None:
     """What follows a complete round: the next step, the confirmation round, or the export."""
     if state.phase == "search" and state.rung < cfg.search.rungs - 1:
@@ -350,7 +372,7 @@ def advance(state: SearchState, controller, cfg: Config, run_dir: Path, started:
 
 def pick_best(state: SearchState, cfg: Config) -> dict:
     """The candidate with the best mean confirmed reward, as summary.json's fields."""
-    metric = cfg.search.metric
+    metric, curves = cfg.search.metric, target(cfg.search)
     by_candidate: dict[str, list[dict]] = {}
     for r in state.records:
         if r["phase"] == "confirm":
@@ -364,23 +386,25 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         raise SearchFailed("every trial of the confirmation round failed; nothing to export")
     best = max(scores, key=lambda name: scores[name][0])
     reward, raw, seeds = scores[best]
-    identity = initial_raw(metric, cfg.search.ce_mix)  # the final mean may be it
+    identity = initial_raw(curves, cfg.search.ce_mix)  # the final mean may be it
+    handmade = handmade_baselines(cfg.search)
     baselines = {  # what the summary line compares the best with
         name: score[0]
         for name, score in scores.items()
-        if name in ("identity", CROSS_ENTROPY) or name.startswith("preset")
+        if name in ("identity", CROSS_ENTROPY, *handmade) or name.startswith("preset")
     }
+    losses = {CROSS_ENTROPY: "ce", **handmade}
     return {
         "metric": metric,
         "best": best,
-        "loss": "ce" if best == CROSS_ENTROPY else "surrogate",  # what the export trains with
+        "loss": losses.get(best, "surrogate"),  # what the export trains with
         "reward": reward,
         "seeds": seeds,
         "identity_reward": next((s[0] for s in scores.values() if s[1] == identity), math.nan),
         "final_mean_reward": scores.get("final mean", (math.nan,))[0],
         "ce_reward": scores.get(CROSS_ENTROPY, (math.nan,))[0],
-        "theta": to_theta(metric, raw) if raw else [],
-        "ce_weight": ce_weight(cfg.search.ce_mix, metric, raw) if raw else 1.0,
+        "theta": to_theta(curves, raw) if raw else [],
+        "ce_weight": ce_weight(cfg.search.ce_mix, curves, raw) if raw else 1.0,
         "raw": raw,
         "candidates": {name: score[0] for name, score in scores.items()},
         "baselines": baselines,
@@ -406,16 +430,18 @@ def trial_hours(records: list[dict], gpu: bool = False) -> float:
 
 
 def loss_section(search: SearchConfig, raw: list[float]) -> dict:
-    """The `loss:` mapping of a retrain file for the loss of a raw vector."""
+    """The `loss:` mapping of a retrain file for the loss of a raw vector; a spec's metric is
+    the spec itself, so that the file rebuilds the loss without this project's spec names."""
+    curves = target(search)
     loss = {
         "name": "surrogate",
-        "metric": search.metric,
-        "theta": [round(v, 8) for v in to_theta(search.metric, raw)],
+        "metric": copy.deepcopy(search.metric_spec) or search.metric,
+        "theta": [round(v, 8) for v in to_theta(curves, raw)],
         "tolerance": search.tolerance,
         "drop_background": search.drop_background,
         "region_weight": search.region_weight,
     }
-    weight = ce_weight(search.ce_mix, search.metric, raw)
+    weight = ce_weight(search.ce_mix, curves, raw)
     if weight > 0:
         loss["ce_weight"] = round(weight, 8)
     return loss
@@ -425,8 +451,13 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
     """<metric>_bezier.yaml (a retrain file: the loss and its dataset) and summary.json."""
     search = cfg.search
     path = Path(run_dir) / f"{search.metric}_bezier.yaml"
-    # when no searched loss beat cross-entropy: retrain with CE, and say so
-    loss = {"name": "ce"} if summary["loss"] == "ce" else loss_section(search, summary["raw"])
+    # when no searched loss beat a baseline (cross-entropy, a hand-made loss): retrain with it,
+    # and say so
+    baseline = summary["loss"] != "surrogate"
+    if baseline:
+        loss = {"name": summary["loss"], **baseline_args(search, summary["loss"])}
+    else:
+        loss = loss_section(search, summary["raw"])
     data = {"name": cfg.data.name, "params": dict(cfg.data.params)}
     if cfg.data.name == "folder":  # a user's dataset has no default place to look for it
         data["root"] = cfg.data.root
@@ -441,14 +472,16 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
             "raw": [round(v, 8) for v in summary["raw"]],
         },
     }
+    if search.metric_spec:  # what a retrain evaluates beside the six, whatever loss it trains
+        doc["search"]["metric_spec"] = copy.deepcopy(search.metric_spec)  # no YAML aliases
     header = (
         f"# {search.metric} surrogate found by seg-loss-search ({search.controller}); "
         f"retrain: ./launch.sh retrain {path}\n"
     )
-    if summary["loss"] == "ce":
+    if baseline:
         header = (
-            f"# no searched {search.metric} loss beat cross-entropy in the confirmation round "
-            f"of {run_dir}: this file retrains with cross-entropy\n"
+            f"# no searched {search.metric} loss beat {summary['best']} in the confirmation "
+            f"round of {run_dir}: this file retrains with {summary['best']}\n"
         )
     write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
     write_json(Path(run_dir) / "summary.json", {**summary, "export": str(path)})
@@ -459,12 +492,13 @@ def export(run_dir: Path, summary: dict, cfg: Config) -> None:
 
 def write_run_files(state: SearchState, run_dir: Path, search: SearchConfig) -> None:
     """trials.csv (a row per finished trial) and policy.csv (a row per closed step)."""
-    keys = raw_keys(len(initial_raw(search.metric, search.ce_mix)))
+    curves = target(search)
+    keys = raw_keys(len(initial_raw(curves, search.ce_mix)))
     columns = [
         "trial_id", "phase", "step", "sample", "rung", "iterations", "trained", "fidelity",
-        "candidate", "seed", "status", "reward", "reward_used", *METRIC_COLUMNS,
+        "candidate", "seed", "status", "reward", "reward_used", *reward_columns(search),
         "seconds", "gpu_share", *SPEED_COLUMNS, "node", "reason", *keys,
-        *[key.replace("raw_", "theta_") for key in keys[: curve_dims(search.metric)]],
+        *[key.replace("raw_", "theta_") for key in keys[: curve_dims(curves)]],
         "ce_weight",
     ]  # fmt: skip
     records = sorted(state.records, key=lambda r: (r["step"], r["sample"], r["rung"], r["seed"]))

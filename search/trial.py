@@ -21,7 +21,14 @@ import data  # noqa: F401  (first: the torchvision compatibility import)
 from data import build_dataset, eval_loader
 from data.transforms import eval_transforms
 from experiments.config import TrainSettings, build_train_set, with_image_cache
-from search.config import Config, confirm_iterations
+from search.config import (
+    Config,
+    baseline_args,
+    confirm_iterations,
+    reward_columns,
+    target,
+    target_specs,
+)
 from search.space import ce_weight, to_theta
 from segnets import build_segnet
 from segnets.engine import (
@@ -32,7 +39,8 @@ from segnets.engine import (
     memory_format,
     seed_everything,
 )
-from surrogates import METRIC_COLUMNS, SurrogateLoss
+from surrogates import SurrogateLoss
+from surrogates import build_loss as build_named_loss
 from surrogates.fused import compiling
 from surrogates.losses import CrossEntropy
 
@@ -44,15 +52,16 @@ def build_loss(
     cfg: Config, raw: list[float], num_classes: int, settings: TrainSettings | None = None
 ) -> SurrogateLoss:
     search, settings = cfg.search, settings or cfg.proxy
+    metric = target(search)  # a paper metric's name or a MetricSpec
     return SurrogateLoss(
-        search.metric,
-        to_theta(search.metric, raw),
+        metric,
+        to_theta(metric, raw),
         num_classes,
         tolerance=search.tolerance,
         drop_background=search.drop_background,
         region_weight=search.region_weight,
         group_size=settings.loss_group_size,
-        ce_weight=ce_weight(search.ce_mix, search.metric, raw),
+        ce_weight=ce_weight(search.ce_mix, metric, raw),
     )
 
 
@@ -125,11 +134,12 @@ def run_trial(
     save_to: str | Path | None = None,
     fidelity: str = "proxy",
 ) -> dict:
-    """Train and score one sample (loss "ce": cross-entropy instead, a confirmation-round
-    baseline) on the proxy, or at fidelity "confirm" on the confirmation round's settings
-    (trial_settings). A successive-halving rung trains to iteration `stop` of the proxy
-    schedule, from the training state `resume_from` of the sample's previous rung, and saves
-    its own to `save_to` for the next. Returns {"status", "reason", "seconds", metrics...}."""
+    """Train and score one sample (loss "ce": cross-entropy instead, another registered loss
+    name such as "dice": that hand-made loss; confirmation-round baselines) on the proxy, or
+    at fidelity "confirm" on the confirmation round's settings (trial_settings). A
+    successive-halving rung trains to iteration `stop` of the proxy schedule, from the
+    training state `resume_from` of the sample's previous rung, and saves its own to `save_to`
+    for the next. Returns {"status", "reason", "seconds", metrics...}."""
     start = time.perf_counter()
     for attempt in range(1, OOM_ATTEMPTS + 1):
         try:
@@ -179,6 +189,9 @@ def train_and_score(cfg, settings, raw, seed, loss, stop, resume_from, save_to, 
     num_classes = train_set.num_classes
     if loss == "ce":
         loss_fn = CrossEntropy(ignore_index=train_set.ignore_index, num_classes=num_classes)
+    elif loss != "surrogate":  # a hand-made baseline (search.steps.HANDMADE_BASELINES)
+        args = baseline_args(cfg.search, loss) | {"num_classes": num_classes}
+        loss_fn = build_named_loss(loss, ignore_index=train_set.ignore_index, **args)
     else:
         loss_fn = build_loss(cfg, raw, num_classes, settings)
     if fault == "nan":
@@ -198,8 +211,9 @@ def train_and_score(cfg, settings, raw, seed, loss, stop, resume_from, save_to, 
         device,
         tolerance=cfg.search.tolerance,
         drop_background=cfg.search.reward_drop_background,
+        specs=target_specs(cfg.search),  # a searched spec: its exact value is the reward
     )
-    result = {k: metrics[k] for k in METRIC_COLUMNS} | {"status": "ok", "reason": ""}
+    result = {k: metrics[k] for k in reward_columns(cfg.search)} | {"status": "ok", "reason": ""}
     result |= speed_columns(stats, device)
     result |= {
         "setup_s": built - started,  # datasets, loss, network

@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -445,19 +445,25 @@ def evaluate(
     tolerance: int = 5,
     boundary: bool = True,
     amp: bool = True,
+    specs: Sequence = (),
 ) -> dict:
     """Exact dataset-level metrics of `model` on `loader` (SegMetrics.compute()'s dict).
 
     Predictions are resized to the label size when they differ (whole-image evaluation).
     `classes`, a class-of-interest list, restricts the class means (miou, macc, mdice, biou,
-    bf1) to those classes; fwiou and gacc stay over all pixels."""
+    bf1) to those classes; fwiou and gacc stay over all pixels. `specs`: metric specs computed
+    beside them, each under its name (SegMetrics)."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction procedure '{prediction}'; valid: {PREDICTIONS}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
     metrics = SegMetrics(
-        num_classes, drop_background=drop_background, tolerance=tolerance, boundary=boundary
+        num_classes,
+        drop_background=drop_background,
+        tolerance=tolerance,
+        boundary=boundary,
+        specs=specs,
     )
     autocast = device.type == "cuda" and amp
     # whole images come in hundreds of sizes (VOC): cuDNN's autotuner would time every
