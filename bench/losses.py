@@ -35,9 +35,19 @@ alternately with CE. Beyond the softmax forward and backward, which CE does too,
 surrogate evaluates its union curve at every probability, bf1 its four curves (and an erosion and
 the sums, not counted), so 1 + curves / CE bounds their ratio from below.
 
+The field's baselines (wce, dpce, ssim, ce_dice, tversky, focal_tversky, gdice, boundary,
+hausdorff; issue 33) have rows with no target. The distance-map losses (dpce, boundary,
+hausdorff) compute exact distance transforms at every call (surrogates/distance.py); their cost
+grows with the farthest distance in the batch, so --voc-step times their extra work, transform
+included, where it matters on a CPU: against a VOC proxy step (DeepLabV3+ R50, OS 8, aux head,
+batch 32 at 128 px, one thread; bench/train_step.py's voc_step_seconds), on the proxy's loss
+inputs (32 x 21 x 128 x 128 logits, 3 classes an image, one image holding a single small
+object in a corner: the farthest distance a 128 px crop can have, the transform's worst case),
+called twice as the main and aux heads call it. Target: under 10 % of the step.
+
 Run: ./launch.sh bench losses [--quick] [--threads N] [--classes K] [--losses bf1 ...]
-     [--profile LOSS] [--floor] (= .venv/bin/python bench/losses.py ...). SLS_COMPILE=0
-     measures the eager kernels.
+     [--profile LOSS] [--floor] [--voc-step] (= .venv/bin/python bench/losses.py ...).
+     SLS_COMPILE=0 measures the eager kernels.
 """
 
 import argparse
@@ -57,6 +67,10 @@ from surrogates.spec import load_spec
 NUM_CLASSES = 21
 SIZES = ((8, 128, 128), (2, 512, 512))  # (N, H, W)
 BASELINES = ("ce", "focal", "dice", "jaccard", "lovasz")
+FIELD = ("wce", "dpce", "ssim", "ce_dice", "tversky", "focal_tversky", "gdice", "boundary")
+FIELD += ("hausdorff",)  # the field's baselines (issue 33)
+DISTANCE_LOSSES = ("dpce", "boundary", "hausdorff")
+VOC_STEP_TARGET = 0.10  # a distance-map loss's extra work, share of a CPU VOC proxy step
 TARGETS = {"miou": 1.5, "fwiou": 1.5, "macc": 1.5, "gacc": 1.5, "biou": 2.0, "bf1": 5.0}
 MEMORY_TARGETS = {"bf1": 4.0}
 SPEC_ROWS = {"spec-miou": "miou", "spec-dice": "dice"}  # row -> the metric spec it runs
@@ -77,9 +91,16 @@ def blob_target(
     return target.masked_fill(torch.rand(n, h, w, generator=g) < void, 255)
 
 
+def build_baseline(name: str) -> nn.Module:
+    if name == "wce":  # the time does not depend on the weights' values
+        return build_loss(name, class_frequencies=list(range(1, NUM_CLASSES + 1)))
+    return build_loss(name)
+
+
 def make_losses(names: list[str]) -> dict[str, nn.Module]:
     """CE (the reference of every ratio) and the losses named."""
-    losses = {name: build_loss(name) for name in BASELINES if name == "ce" or name in names}
+    baselines = (*BASELINES, *FIELD)
+    losses = {name: build_baseline(name) for name in baselines if name == "ce" or name in names}
     wants_spec = any(name in SPEC_ROWS for name in names)
     for metric in METRICS:
         if metric in names or (metric == "miou" and wants_spec):  # the spec rows' reference
@@ -165,7 +186,8 @@ def print_table(rows: list[dict]) -> None:
         if r["loss"] in SPEC_ROWS:
             goal = f"<= {SPEC_TARGET:.1f}x miou surrogate ({r['x_miou']:.2f}x)"
             met = "yes" if r["x_miou"] <= SPEC_TARGET else "NO"
-        name = r["loss"] if r["loss"] in BASELINES else f"surrogate {r['loss']}"
+        baseline = r["loss"] in BASELINES or r["loss"] in FIELD
+        name = r["loss"] if baseline else f"surrogate {r['loss']}"
         print(
             f"| {name} | {r['ms']:.1f} | {t_ratio:.2f} | {r['mb']:.1f} | {m_ratio:.2f} "
             f"| {goal} | {met} |"
@@ -220,6 +242,40 @@ def profile(loss_fn: nn.Module, n: int, h: int, w: int, per_image: int | None) -
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def voc_like_target(n: int, side: int) -> torch.Tensor:
+    """Labels of 3 classes an image (blobs), the first image background but for a 4 px square
+    of class 1 in a corner: the largest distance a side x side crop can hold."""
+    target = blob_target(n, side, side, NUM_CLASSES, per_image=3)
+    target[0] = 0
+    target[0, :4, :4] = 1
+    return target
+
+
+def print_voc_step(repeats: int) -> None:
+    """The distance-map losses' extra work over CE, twice a step (main and aux heads), against
+    a CPU VOC proxy step, one thread (see the module docstring)."""
+    from train_step import voc_step_seconds  # bench/train_step.py
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(32, NUM_CLASSES, 128, 128, generator=g) * 2).requires_grad_()
+    target = voc_like_target(32, 128)
+    step = voc_step_seconds(torch.device("cpu"), 1 if repeats < 15 else 3)
+    print(f"VOC proxy step (DeepLabV3+ R50, batch 32, 128 px), one thread: {step:.2f} s\n")
+    print("| loss | ms (fwd+bwd) | CE ms | extra x 2 heads, s | share of the step | target |")
+    print("|---|---:|---:|---:|---:|---|")
+    ce = build_loss("ce")
+    for name in DISTANCE_LOSSES:
+        ms, ce_ms = time_ms(build_loss(name), ce, logits, target, max(3, repeats // 3))
+        extra = 2 * (ms - ce_ms) / 1e3
+        met = "yes" if extra / step < VOC_STEP_TARGET else "NO"
+        print(
+            f"| {name} | {ms:.0f} | {ce_ms:.0f} | {extra:.2f} | {100 * extra / step:.1f} % "
+            f"| < {100 * VOC_STEP_TARGET:.0f} %: {met} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (smoke run)")
@@ -227,11 +283,14 @@ def main() -> None:
     parser.add_argument(
         "--classes", type=int, metavar="K", help="classes per image (default: all 21)"
     )
-    names = [*BASELINES, *METRICS, *SPEC_ROWS]
+    names = [*BASELINES, *FIELD, *METRICS, *SPEC_ROWS]
     parser.add_argument("--losses", nargs="+", choices=names, default=names, help="default: all")
     parser.add_argument("--profile", metavar="LOSS", help="also profile this loss (e.g. bf1)")
     parser.add_argument(
         "--floor", action="store_true", help="also the curve work no implementation avoids"
+    )
+    parser.add_argument(
+        "--voc-step", action="store_true", help="only the distance-map losses vs a VOC proxy step"
     )
     args = parser.parse_args()
     if args.classes is not None and not 1 <= args.classes <= NUM_CLASSES:
@@ -240,6 +299,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 15
 
+    if args.voc_step:
+        print_voc_step(repeats)
+        return
     compile_on = os.environ.get("SLS_COMPILE", "1") != "0"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU")
     print(f"torch.compile of the fused kernels: {'on' if compile_on else 'off (SLS_COMPILE=0)'}")

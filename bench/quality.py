@@ -1,10 +1,15 @@
-"""The search-quality table: does a searched loss beat cross-entropy on its own metric?
+"""The search-quality table: does a searched loss beat cross-entropy, and the hand-made losses
+people would pick instead, on its own metric?
 
 On shapes, for each target metric: the default search (`./launch.sh search METRIC`), then
 retrains with 3 seeds each of the searched loss, the published VOC preset (`<metric>_bezier.yaml`),
-the identity curve (the plain soft-metric surrogate) and CE (shared by all metrics). Prints, per
-metric, mean +- std of every metric per loss, the target metric marked, and whether the searched
-loss beats CE on it by more than the seed spread (the larger of the two stds).
+the identity curve (the plain soft-metric surrogate) and CE; `--losses` adds any registered
+baseline loss (focal, dice, jaccard, lovasz, wce, dpce, ssim, ce_dice, tversky, focal_tversky,
+gdice, boundary, hausdorff: surrogates/losses.py) with its default options. A baseline does not
+depend on the target metric: its seeds are retrained once (retrain-<loss>/seed<k>) and shared by
+every metric's table. Prints, per metric, mean +- std of every metric per loss, the target metric
+marked, whether the searched loss beats CE on it by more than the seed spread (the larger of the
+two stds), and the same against the best hand-made loss (the best baseline, CE included).
 
 It takes hours on two cores (about 40 min per metric plus 10 min of CE). Every run lives in a
 fixed folder under --work; a rerun skips finished runs and resumes interrupted ones, so the
@@ -14,8 +19,9 @@ The searches run one after another (each uses every core through Ray); then the 
 numbers depend on its thread count (float sums in a different order), so compare tables made
 with the same --jobs on the same number of cores.
 
-Run: ./launch.sh bench quality [--metrics miou macc ...] [--losses ce searched] [--seeds 3]
-                               [--jobs 2] [--work DIR] [--table-only]
+Run: ./launch.sh bench quality [--metrics miou macc ...] [--losses ce ce_dice dice lovasz
+                               tversky ... preset searched] [--seeds 3] [--jobs 2] [--work DIR]
+                               [--table-only]
 """
 
 import argparse
@@ -29,10 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from segnets.engine import usable_cpus
+from surrogates import list_losses
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
-LOSSES = ("ce", "searched", "preset", "identity")
+LOSSES = ("ce", "searched", "preset", "identity")  # the default race
+PER_METRIC = ("searched", "preset", "identity")  # losses that depend on the target metric
+BASELINES = tuple(name for name in list_losses() if name != "surrogate")  # hand-made, shared
 
 
 def launch(*args: str, log: Path | None = None, threads: int | None = None) -> None:
@@ -72,6 +81,10 @@ def search(metric: str, work: Path) -> Path:
 def loss_file(loss: str, metric: str, work: Path) -> Path:
     if loss == "ce":
         return REPO / "experiments" / "retrain" / "ce.yaml"
+    if loss in BASELINES:  # its default options, the shapes profile's training settings
+        path = work / f"baseline-{loss}.yaml"
+        path.write_text(f"loss: {{name: {loss}}}\n")
+        return path
     if loss == "preset":
         return REPO / "experiments" / "retrain" / f"{metric}_bezier.yaml"
     if loss == "identity":
@@ -82,11 +95,13 @@ def loss_file(loss: str, metric: str, work: Path) -> Path:
 
 
 def seed_folder(loss: str, metric: str, seed: int, work: Path) -> Path:
-    """Where a retrain seed lives. A search whose export is cross-entropy (no surrogate beat CE
-    in its confirmation round) retrains exactly CE's runs: its row shares CE's folders."""
+    """Where a retrain seed lives: retrain-<loss> for a baseline, shared by every metric, else
+    retrain-<metric>-<loss>. A search whose export is cross-entropy (no surrogate beat CE in
+    its confirmation round) retrains exactly CE's runs: its row shares CE's folders."""
     if loss == "searched" and exports_ce(metric, work):
         loss = "ce"
-    return work / ("retrain-ce" if loss == "ce" else f"retrain-{metric}-{loss}") / f"seed{seed}"
+    name = f"retrain-{loss}" if loss in BASELINES else f"retrain-{metric}-{loss}"
+    return work / name / f"seed{seed}"
 
 
 def exports_ce(metric: str, work: Path) -> bool:
@@ -116,7 +131,7 @@ def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: 
         seed_folder(loss, m, seed, work): (file, seed)
         for (loss, m), file in files.items()
         for seed in range(seeds)
-    }  # CE's folders are shared (every metric, a CE export): the dict keeps one run each
+    }  # a baseline's folders are shared (every metric, a CE export): the dict keeps one run each
     threads = threads_per_job(jobs)
     with ThreadPoolExecutor(jobs) as pool:
         pending = [pool.submit(retrain, f, folder, s, threads) for folder, (f, s) in runs.items()]
@@ -125,9 +140,9 @@ def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: 
 
 
 def collect(metric: str, seeds: int, work: Path) -> dict[str, list[dict]]:
-    """loss -> the final.json of each finished seed."""
+    """loss -> the final.json of each finished seed, for every loss the bench knows."""
     results = {}
-    for loss in LOSSES:
+    for loss in ("ce", *PER_METRIC, *(b for b in BASELINES if b != "ce")):
         finals = []
         for seed in range(seeds):
             done = finished_run(seed_folder(loss, metric, seed, work), "final.json")
@@ -163,6 +178,20 @@ def table(metric: str, results: dict[str, list[dict]], ce_export: bool) -> str:
         lines += ["", f"searched - CE on {metric}: {gain:+.2f} (spread {spread:.2f}): {verdict}"]
         if ce_export:
             lines[-1] += " (the search exported cross-entropy: the searched row is CE's runs)"
+    hand_made = [loss for loss in BASELINES if (loss, metric) in stats]
+    if ("searched", metric) in stats and len(hand_made) > 1:
+        best = max(hand_made, key=lambda loss: stats[(loss, metric)][0])
+        (ours, our_std), (theirs, their_std) = stats[("searched", metric)], stats[(best, metric)]
+        gain, spread = ours - theirs, max(our_std, their_std)
+        verdict = (
+            "beats it by more than the seed spread"
+            if gain > spread
+            else ("within the spread" if gain >= -spread else "below it by more than the spread")
+        )
+        lines.append(
+            f"best hand-made on {metric}: {best} {theirs:.2f}; searched - {best}: {gain:+.2f} "
+            f"(spread {spread:.2f}): {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -171,8 +200,8 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
-        "--losses", nargs="+", default=list(LOSSES), choices=LOSSES,
-        help="run only these (e.g. ce searched first); the table shows every finished run",
+        "--losses", nargs="+", default=list(LOSSES), choices=[*BASELINES, *PER_METRIC],
+        help="run these (default: ce searched preset identity); the table shows every finished run",
     )  # fmt: skip
     parser.add_argument(
         "--jobs", type=int, default=1,

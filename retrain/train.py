@@ -24,7 +24,7 @@ from data.transforms import whole_image_transforms
 from experiments.config import build_train_set, to_dict
 from results.files import atomic_path, read_csv, write_csv, write_json
 from retrain import config as configs
-from retrain.config import RetrainConfig
+from retrain.config import RetrainConfig, eval_specs
 from segnets import build_segnet
 from segnets.engine import (
     evaluate,
@@ -55,7 +55,35 @@ def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
         kwargs.setdefault("tolerance", cfg.retrain.tolerance)
         if cfg.retrain.loss_group_size and not kwargs.get("sync"):
             kwargs.setdefault("group_size", cfg.retrain.loss_group_size)
+    if name == "wce" and "weights" not in kwargs and "class_frequencies" not in kwargs:
+        kwargs["class_frequencies"] = class_frequencies(cfg, num_classes)
     return build_loss(name, num_classes=num_classes, **kwargs)
+
+
+def class_frequencies(cfg: RetrainConfig, num_classes: int) -> list[int]:
+    """Pixels of each class in the training split (wce's median-frequency weights): the data
+    check's scan, cached by file list and run before every retrain, or for a generated dataset
+    (shapes) a count over its labels, which it holds in memory."""
+    from data.check import check_dataset
+
+    result = check_dataset(cfg.data.name, cfg.data.root, cfg.data.params, splits=("train",))
+    if not result.in_memory:
+        return list(result.splits[0].class_pixels.values())
+    labels = build_dataset(cfg.data.name, cfg.data.root, "train", None, **cfg.data.params).labels
+    return torch.bincount(labels[labels < num_classes].long(), minlength=num_classes).tolist()
+
+
+def schedule_loss(loss_fn, cfg: RetrainConfig, model, epoch_iterations: int, start: int) -> None:
+    """A loss with an epoch schedule (boundary's region weight): its epoch in loss calls, one a
+    training iteration or two with an auxiliary head, unless the loss file sets epoch_calls,
+    and the calls made before a resumed run's start."""
+    if not hasattr(loss_fn, "epoch_calls"):
+        return
+    aux = getattr(model, "aux_head", None) is not None and cfg.retrain.fit.aux_weight > 0
+    per_iteration = 2 if aux else 1
+    if "epoch_calls" not in cfg.loss:
+        loss_fn.epoch_calls = max(1, epoch_iterations) * per_iteration
+    loss_fn.calls = start * per_iteration
 
 
 def make_eval_set(cfg: RetrainConfig, rank: int = 0, world_size: int = 1):
@@ -132,10 +160,13 @@ def train(run_dir: str | Path) -> dict | None:
         seed_everything(fit_cfg.seed + rank)
     checkpoint = run_dir / CHECKPOINT
     start = load_training_state(checkpoint, model, optimizer) if checkpoint.is_file() else 0
+    schedule_loss(loss_fn, cfg, model, len(train_set) // fit_cfg.batch_size, start)
     rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["iteration"]) <= start]
     class_rows = [r for r in read_csv(run_dir / "classes.csv") if int(r["iteration"]) <= start]
     names = list(getattr(train_set, "class_names", None) or range(num_classes))
     batches = train_batches(train_set, fit_cfg, device, start)
+    specs = eval_specs(cfg)  # the searched metric spec (dice, ...), beside the standard metrics
+    columns = [*METRIC_COLUMNS, *(spec.name for spec in specs)]
 
     started = time.perf_counter()
     every = [fit_cfg.eval_every, fit_cfg.checkpoint_every]
@@ -153,13 +184,14 @@ def train(run_dir: str | Path) -> dict | None:
                 classes=settings.classes,
                 drop_background=settings.drop_background,
                 tolerance=settings.tolerance,
+                specs=specs,
             )
             seconds = round(time.perf_counter() - started, 2)
             rows.append({"iteration": stop, "seconds": seconds})
-            rows[-1].update({k: results[k] for k in METRIC_COLUMNS})
+            rows[-1].update({k: results[k] for k in columns})
             class_rows += class_table(results["per_class"], names, stop)
             if rank == 0:
-                write_csv(run_dir / "metrics.csv", rows, ["iteration", "seconds", *METRIC_COLUMNS])
+                write_csv(run_dir / "metrics.csv", rows, ["iteration", "seconds", *columns])
                 write_csv(run_dir / "classes.csv", class_rows, CLASS_COLUMNS)
                 shown = "  ".join(f"{k} {100 * results[k]:.2f}" for k in METRICS)
                 print(f"[retrain] eval at {stop}: {shown}", flush=True)

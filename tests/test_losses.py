@@ -20,7 +20,7 @@ def one_hot_logits(labels, num_classes):
 
 
 def test_registry_lists_and_builds_every_loss():
-    assert list_losses() == ["ce", "dice", "focal", "jaccard", "lovasz", "surrogate"]
+    assert {"ce", "dice", "focal", "jaccard", "lovasz", "surrogate"} <= set(list_losses())
     assert isinstance(
         build_loss("surrogate", metric="miou", theta="identity", num_classes=3), SurrogateLoss
     )
