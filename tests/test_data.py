@@ -299,7 +299,8 @@ def test_rescale_and_eval_presets_sizes():
 
 
 def test_registry_and_auto(tmp_path):
-    assert data.list_datasets() == ["cityscapes", "shapes", "voc"]
+    names = ["ade20k", "camvid", "cityscapes", "cocostuff", "folder", "shapes", "voc"]
+    assert data.list_datasets() == names
     with pytest.raises(ValueError, match="did you mean 'shapes'"):
         data.build_dataset("shape", tmp_path, "train")
     with pytest.raises(ValueError, match="unknown shapes split 'tran'"):
