@@ -1,4 +1,4 @@
-"""Metric specs: a segmentation metric written as a formula over per-class counts (issue 32).
+"""Metric specs: a segmentation metric written as a formula over per-class counts.
 
 A `MetricSpec` is counts, then a formula, then a reduction (STYLE rule 22):
     per_class   an arithmetic formula over tp fp fn tn and named constants
