@@ -11,8 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import blob_target, random_logits
+from helpers import blob_target
 from reference_asl import _gt_edges
+from test_surrogates import data, loss_and_grad  # the surrogate tests' inputs (C = 5)
 
 from surrogates import PRESETS, SegMetrics, SurrogateLoss
 from surrogates.metrics import SpecMetric
@@ -344,17 +345,6 @@ def test_spec_metrics_equal_torchmetrics(name, classes, images):
 
 
 # --- the surrogate ----------------------------------------------------------------------------
-
-
-def data(dtype=torch.float64, n=2, h=24, w=20, seed=0):
-    return random_logits(n, C, h, w, seed=seed, dtype=dtype), blob_target(n, h, w, C, seed=seed)
-
-
-def loss_and_grad(loss_fn, logits, target):
-    logits = logits.detach().clone().requires_grad_(True)
-    value = loss_fn(logits, target)
-    value.backward()
-    return value.detach(), logits.grad
 
 
 @pytest.mark.parametrize("metric", ["miou", "fwiou", "biou", "macc", "gacc"])
