@@ -11,6 +11,12 @@ every metric's table. Prints, per metric, mean +- std of every metric per loss, 
 marked, whether the searched loss beats CE on it by more than the seed spread (the larger of the
 two stds), and the same against the best hand-made loss (the best baseline, CE included).
 
+A target may also be a built-in metric spec (dice, fbeta, tversky, ...: docs/metrics.md) pooled
+over images without a band: a run's value is its final.json column when its retrain computed the
+spec (the searched export's does), else the spec on the pooled per-class counts of its last
+evaluation in classes.csv, so the baselines' shared runs serve every spec too. A spec has no
+published preset: `preset` is skipped for it.
+
 It takes hours on two cores (about 40 min per metric plus 10 min of CE). Every run lives in a
 fixed folder under --work; a rerun skips finished runs and resumes interrupted ones, so the
 benchmark can be stopped and restarted at will; the table covers whatever has finished.
@@ -19,7 +25,7 @@ The searches run one after another (each uses every core through Ray); then the 
 numbers depend on its thread count (float sums in a different order), so compare tables made
 with the same --jobs on the same number of cores.
 
-Run: ./launch.sh bench quality [--metrics miou macc ...] [--losses ce ce_dice dice lovasz
+Run: ./launch.sh bench quality [--metrics miou macc dice ...] [--losses ce ce_dice dice lovasz
                                tversky ... preset searched] [--seeds 3] [--jobs 2] [--work DIR]
                                [--table-only]
 """
@@ -34,8 +40,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
+from results.files import read_csv
 from segnets.engine import usable_cpus
-from surrogates import list_losses
+from surrogates import SpecMetric, list_losses, list_specs, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("miou", "fwiou", "macc", "gacc", "biou", "bf1")
@@ -124,9 +133,14 @@ def retrain(file: Path, folder: Path, seed: int, threads: int | None) -> None:
         )  # fmt: skip
 
 
+def has_preset(metric: str) -> bool:
+    return (REPO / "experiments" / "retrain" / f"{metric}_bezier.yaml").is_file()
+
+
 def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: Path) -> None:
     """The searches one by one, then every missing retrain seed, jobs at a time."""
-    files = {(loss, m): loss_file(loss, m, work) for m in metrics for loss in losses}
+    pairs = [(loss, m) for m in metrics for loss in losses if loss != "preset" or has_preset(m)]
+    files = {(loss, m): loss_file(loss, m, work) for loss, m in pairs}
     runs = {
         seed_folder(loss, m, seed, work): (file, seed)
         for (loss, m), file in files.items()
@@ -139,33 +153,68 @@ def run_all(metrics: list[str], losses: list[str], seeds: int, jobs: int, work: 
             future.result()  # the first failure stops the benchmark with its error
 
 
+def spec_target(metric: str) -> bool:
+    """Whether a target is a metric spec rather than one of the six; refuses a spec that the
+    pooled per-class counts of classes.csv cannot give."""
+    if metric in METRICS:
+        return False
+    spec = load_spec(metric)
+    if spec.images != "pooled" or spec.band > 0:
+        raise SystemExit(
+            f"bench quality: --metrics {metric} is per image or on a band; only a "
+            "spec pooled over images without a band has its value for every run"
+        )
+    return True
+
+
+def spec_value(metric: str, run: Path, final: dict) -> float:
+    """A spec target's value for one finished run: final.json's column when the retrain computed
+    it, else the spec on the pooled counts of the last evaluation in classes.csv."""
+    if metric in final:
+        return final[metric]
+    rows = [
+        r for r in read_csv(run / "classes.csv") if int(r["iteration"]) == int(final["iteration"])
+    ]
+    if not rows or not rows[0].get("tp"):
+        raise SystemExit(f"bench quality: {run}/classes.csv has no pixel counts for {metric}")
+    counts = torch.tensor([[int(r[k]) for k in ("tp", "fp", "fn", "tn")] for r in rows])
+    exact = SpecMetric(metric, len(rows))
+    exact.state["counts"] = counts
+    return exact.compute()
+
+
 def collect(metric: str, seeds: int, work: Path) -> dict[str, list[dict]]:
-    """loss -> the final.json of each finished seed, for every loss the bench knows."""
-    results = {}
+    """loss -> the final.json of each finished seed (with a spec target's value), for every loss
+    the bench knows."""
+    results, is_spec = {}, spec_target(metric)
     for loss in ("ce", *PER_METRIC, *(b for b in BASELINES if b != "ce")):
         finals = []
         for seed in range(seeds):
             done = finished_run(seed_folder(loss, metric, seed, work), "final.json")
             if done:
-                finals.append(json.loads((done / "final.json").read_text()))
+                final = json.loads((done / "final.json").read_text())
+                if is_spec:
+                    final[metric] = spec_value(metric, done, final)
+                finals.append(final)
         results[loss] = finals
     return results
 
 
 def table(metric: str, results: dict[str, list[dict]], ce_export: bool) -> str:
-    header = [f"{m}*" if m == metric else m for m in METRICS]
+    columns = [*METRICS, *([metric] if spec_target(metric) else [])]
+    header = [f"{m}*" if m == metric else m for m in columns]
     lines = [
         f"### target {metric}",
         "",
         "| loss | seeds | " + " | ".join(header) + " |",
-        "|---|---:|" + "---:|" * len(METRICS),
+        "|---|---:|" + "---:|" * len(columns),
     ]
     stats = {}
     for loss, finals in results.items():
         if not finals:
             continue
         cells = []
-        for m in METRICS:
+        for m in columns:
             values = [100 * float(f[m]) for f in finals]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             stats[(loss, m)] = (statistics.fmean(values), std)
@@ -197,7 +246,10 @@ def table(metric: str, results: dict[str, list[dict]], ce_export: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    parser.add_argument(
+        "--metrics", nargs="+", default=list(METRICS), choices=sorted({*METRICS, *list_specs()}),
+        help="the six metrics and the built-in specs pooled over images (dice, fbeta, ...)",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--losses", nargs="+", default=list(LOSSES), choices=[*BASELINES, *PER_METRIC],
@@ -212,6 +264,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    for metric in args.metrics:
+        spec_target(metric)  # a per-image or band spec is refused before any run
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:

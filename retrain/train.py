@@ -40,7 +40,9 @@ from segnets.engine import (
 from surrogates import METRIC_COLUMNS, METRICS, build_loss
 
 CHECKPOINT = Path("checkpoints") / "latest.pth"
+CLASS_COUNTS = ["tp", "fp", "fn", "tn"]  # pooled pixel counts: any pooled spec, after the fact
 CLASS_COLUMNS = ["iteration", "class", "name", "iou", "acc", "dice", "biou", "bf1", "freq"]
+CLASS_COLUMNS += CLASS_COUNTS
 
 
 def make_loss(cfg: RetrainConfig, num_classes: int) -> torch.nn.Module:
@@ -117,7 +119,7 @@ def class_table(per_class: dict, names: list, iteration: int) -> list[dict]:
     return [
         {"iteration": iteration, "class": c, "name": str(name)}
         | {column: per_class[key][c] for column, key in keys.items()}
-        | {"freq": per_class["freq"][c]}
+        | {column: per_class[column][c] for column in ["freq", *CLASS_COUNTS]}
         for c, name in enumerate(names)
     ]
 

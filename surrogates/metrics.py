@@ -267,6 +267,7 @@ class SegMetrics:
         bf1_classes = bf1[1:] if self.drop_background else bf1
 
         sums, counts = self.state["image_sums"].cpu(), self.state["image_counts"].cpu()
+        tp, fp, fn, tn = _confusion_counts(cm).unbind(-1)  # pooled, for specs after the fact
         results = {
             "miou": _nanmean(iou),
             "fwiou": float((freq * iou).nansum()) if total > 0 else math.nan,
@@ -284,6 +285,7 @@ class SegMetrics:
                 "biou": biou.tolist(),
                 "bf1": bf1.tolist(),
                 "freq": freq.tolist(),
+                **{"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(), "tn": tn.tolist()},
             },
         }
         for metric in self.spec_metrics:

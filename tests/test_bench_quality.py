@@ -66,3 +66,42 @@ def test_table_only_shows_every_finished_loss_and_the_best_hand_made_one(tmp_pat
     assert "searched - CE on miou: +20.00 (spread 1.41): beats CE" in out
     assert "best hand-made on miou: tversky 61.00; searched - tversky: +10.00" in out
     assert "beats it by more than the seed spread" in out
+
+
+def fake_counts_run(work, loss, seed, counts, final_extra=None):
+    """A finished run of `loss` whose classes.csv holds the last evaluation's pixel counts."""
+    folder = quality.seed_folder(loss, "dice", seed, work) / "run"
+    folder.mkdir(parents=True)
+    final = {m: 0.5 for m in quality.METRICS} | {"iteration": 20} | (final_extra or {})
+    (folder / "final.json").write_text(json.dumps(final))
+    rows = ["iteration,class,name,tp,fp,fn,tn"]
+    rows += [f"10,{c},c{c},0,0,0,0" for c in range(len(counts))]  # an earlier evaluation
+    rows += [f"20,{c},c{c}," + ",".join(map(str, row)) for c, row in enumerate(counts)]
+    (folder / "classes.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_a_spec_target_comes_from_the_baselines_pixel_counts_and_the_exports_column(tmp_path):
+    # dice per class 2tp / (2tp + fp + fn): 16/18 and 6/8, mean 81.94; the other run 4/6, 1
+    fake_counts_run(tmp_path, "ce", 0, [[8, 2, 0, 10], [3, 0, 2, 15]])
+    fake_counts_run(tmp_path, "ce", 1, [[2, 2, 0, 16], [5, 0, 0, 15]])
+    fake_counts_run(tmp_path, "searched", 0, [[1, 1, 1, 1]] * 2, {"dice": 0.9})
+    fake_counts_run(tmp_path, "searched", 1, [[1, 1, 1, 1]] * 2, {"dice": 0.9})
+    results = quality.collect("dice", 2, tmp_path)
+    assert [f["dice"] for f in results["ce"]] == pytest.approx([(16 / 18 + 6 / 8) / 2, 5 / 6])
+    assert [f["dice"] for f in results["searched"]] == [0.9, 0.9]  # the retrain's own value
+    text = quality.table("dice", results, False)
+    assert "| loss | seeds | miou | fwiou | macc | gacc | biou | bf1 | dice* |" in text
+    assert "searched - CE on dice: +7.36" in text  # 90 - (81.94 + 83.33) / 2
+
+
+def test_a_spec_without_preset_skips_it_and_a_per_image_spec_is_refused(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(quality, "retrain", lambda file, folder, *_: calls.append(folder))
+    monkeypatch.setattr(quality, "search", lambda metric, work: work / f"{metric}_bezier.yaml")
+    quality.run_all(["dice"], ["ce", "preset", "searched"], 1, 1, tmp_path)
+    assert sorted(f.parent.name for f in calls) == ["retrain-ce", "retrain-dice-searched"]
+    command = [sys.executable, str(REPO / "bench" / "quality.py"), "--table-only"]
+    command += ["--metrics", "dice_image", f"--work={tmp_path}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode != 0
+    assert "--metrics dice_image is per image or on a band" in done.stderr

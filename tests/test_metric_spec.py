@@ -281,6 +281,26 @@ def test_the_paper_metrics_as_specs_equal_segmetrics(drop_background):
         assert spec_values == pytest.approx(results["per_class"][name], nan_ok=True), name
 
 
+def test_segmetrics_pooled_counts_give_any_pooled_spec_after_the_fact():
+    # retrain's classes.csv keeps these counts: bench quality scores a spec target on them
+    pred, target = random_labels()
+    metrics = SegMetrics(7, specs=["fbeta", "tversky"])
+    metrics.update(pred, target)
+    results = metrics.compute()
+    per_class = results["per_class"]
+    counts = torch.tensor([per_class[k] for k in ("tp", "fp", "fn", "tn")]).T
+    valid = (target >= 0) & (target < 7)
+    gt, pr = target[valid], pred[valid]
+    assert counts[:, 0].tolist() == [int(((gt == c) & (pr == c)).sum()) for c in range(7)]
+    assert counts[:, 1].tolist() == [int(((gt != c) & (pr == c)).sum()) for c in range(7)]
+    assert counts[:, 2].tolist() == [int(((gt == c) & (pr != c)).sum()) for c in range(7)]
+    assert (counts.sum(1) == valid.sum()).all()
+    for name in ("fbeta", "tversky"):
+        after = SpecMetric(name, 7)
+        after.state["counts"] = counts
+        assert after.compute() == pytest.approx(results[name], abs=1e-12), name
+
+
 def test_segmetrics_keeps_its_results_and_refuses_taken_names():
     pred, target = random_labels(n=2)
     plain, carrying = SegMetrics(7), SegMetrics(7, specs=["dice_image", "fbeta"])

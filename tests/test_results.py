@@ -77,6 +77,8 @@ def test_load_a_retrain_and_compare_runs(runs):
     last = run.classes[run.classes.iteration == 20]
     assert last.iou.mean() == pytest.approx(run.final["miou"])  # every shapes class is in val
     assert last.freq.sum() == pytest.approx(1.0)
+    iou = last.tp / (last.tp + last.fp + last.fn)  # the pooled pixel counts give the IoUs
+    assert list(iou) == pytest.approx(list(last.iou))
     bars = plots.comparison_table(run.comparison)  # what the bar chart draws, in %
     assert bars.loc["miou_bezier", "miou"] == pytest.approx(100 * run.final["miou"])
     table = compare([runs["finished"], runs["partial"], runs["retrain"]])
