@@ -45,8 +45,14 @@ inputs (32 x 21 x 128 x 128 logits, 3 classes an image, one image holding a sing
 object in a corner: the farthest distance a 128 px crop can have, the transform's worst case),
 called twice as the main and aux heads call it. Target: under 10 % of the step.
 
+--proxy-step times the whole shapes proxy training step (`lite` width 16, batch 16 of 32 px
+crops, 7 classes, AdamW, one thread: experiments/data/shapes.yaml's proxy) with CE, the built-in
+miou surrogate and the dice and fbeta spec surrogates, the losses taking turns step by step.
+Target for the spec surrogates: within 1.10x of the step with CE (issue 32).
+
 Run: ./launch.sh bench losses [--quick] [--threads N] [--classes K] [--losses bf1 ...]
-     [--profile LOSS] [--floor] [--voc-step] (= .venv/bin/python bench/losses.py ...).
+     [--profile LOSS] [--floor] [--voc-step] [--proxy-step]
+     (= .venv/bin/python bench/losses.py ...).
      SLS_COMPILE=0 measures the eager kernels.
 """
 
@@ -75,6 +81,7 @@ TARGETS = {"miou": 1.5, "fwiou": 1.5, "macc": 1.5, "gacc": 1.5, "biou": 2.0, "bf
 MEMORY_TARGETS = {"bf1": 4.0}
 SPEC_ROWS = {"spec-miou": "miou", "spec-dice": "dice"}  # row -> the metric spec it runs
 SPEC_TARGET = 1.2  # x the hand-written miou surrogate's time (issue 32)
+PROXY_STEP_TARGET = 1.10  # a spec surrogate's shapes proxy step, x the step with CE
 
 
 def blob_target(
@@ -276,6 +283,47 @@ def print_voc_step(repeats: int) -> None:
         )
 
 
+def print_proxy_step(repeats: int) -> None:
+    """The shapes proxy's training step with CE, the miou surrogate and two spec surrogates,
+    one thread, the losses taking turns (see the module docstring)."""
+    from segnets import build_segnet
+
+    torch.set_num_threads(1)
+    classes = 7
+    losses = {
+        "ce": build_loss("ce"),
+        "miou": SurrogateLoss("miou", "asl-voc-miou", num_classes=classes),
+        "spec-dice": SurrogateLoss(load_spec("dice"), "asl-voc-miou", num_classes=classes),
+        "spec-fbeta": SurrogateLoss(load_spec("fbeta"), "asl-voc-miou", num_classes=classes),
+    }
+    torch.manual_seed(0)
+    model = build_segnet("lite", classes, width=16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=1e-4)
+    images = torch.randn(16, 3, 32, 32)
+    target = blob_target(16, 32, 32, classes)
+    times = {name: [] for name in losses}
+    for i in range(3 + 10 * repeats):  # 3 warm-up rounds (the surrogates compile)
+        for name, loss_fn in losses.items():
+            start = time.perf_counter()
+            loss = loss_fn(model(images)["out"], target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i >= 3:
+                times[name].append(time.perf_counter() - start)
+    ce = statistics.median(times["ce"])
+    print("shapes proxy step (lite width 16, batch 16, 32 px, AdamW), one thread\n")
+    print("| loss | ms a step | x CE | target |")
+    print("|---|---:|---:|---|")
+    for name, values in times.items():
+        ratio = statistics.median(values) / ce
+        target_cell = ""
+        if name.startswith("spec-"):
+            met = "yes" if ratio <= PROXY_STEP_TARGET else "NO"
+            target_cell = f"<= {PROXY_STEP_TARGET:.2f}x: {met}"
+        print(f"| {name} | {1e3 * statistics.median(values):.1f} | {ratio:.2f} | {target_cell} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (smoke run)")
@@ -292,6 +340,9 @@ def main() -> None:
     parser.add_argument(
         "--voc-step", action="store_true", help="only the distance-map losses vs a VOC proxy step"
     )
+    parser.add_argument(
+        "--proxy-step", action="store_true", help="only the shapes proxy step, spec vs CE"
+    )
     args = parser.parse_args()
     if args.classes is not None and not 1 <= args.classes <= NUM_CLASSES:
         parser.error(f"--classes must be in [1, {NUM_CLASSES}], got {args.classes}")
@@ -301,6 +352,9 @@ def main() -> None:
 
     if args.voc_step:
         print_voc_step(repeats)
+        return
+    if args.proxy_step:
+        print_proxy_step(repeats)
         return
     compile_on = os.environ.get("SLS_COMPILE", "1") != "0"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU")
