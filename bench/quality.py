@@ -160,9 +160,9 @@ def spec_target(metric: str) -> bool:
         return False
     spec = load_spec(metric)
     if spec.images != "pooled" or spec.band > 0:
-        raise SystemExit(
-            f"bench quality: --metrics {metric} is per image or on a band; only a "
-            "spec pooled over images without a band has its value for every run"
+        raise ValueError(
+            f"--metrics {metric} is per image or on a band; only a spec pooled over images "
+            "without a band has its value for every run"
         )
     return True
 
@@ -265,7 +265,10 @@ def main() -> None:
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     for metric in args.metrics:
-        spec_target(metric)  # a per-image or band spec is refused before any run
+        try:
+            spec_target(metric)  # a per-image or band spec is refused before any run
+        except ValueError as error:
+            parser.error(str(error))
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:

@@ -103,5 +103,5 @@ def test_a_spec_without_preset_skips_it_and_a_per_image_spec_is_refused(tmp_path
     command = [sys.executable, str(REPO / "bench" / "quality.py"), "--table-only"]
     command += ["--metrics", "dice_image", f"--work={tmp_path}"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "--metrics dice_image is per image or on a band" in done.stderr
