@@ -31,6 +31,10 @@ labels; 1,464 train images by default, VOC 2012's train.txt, so that the reward 
                   (SIGKILL of its process group) after its first checkpoint and continued with
                   --resume, against an uninterrupted run (a second one gives CUDA's own
                   run-to-run difference); the largest difference of the six final metrics
+  distance maps   the distance-map losses' transform where it runs (surrogates/distance.py:
+                  torch on a GPU, scipy on a CPU) against scipy's on the host, on the worst-case
+                  VOC-like batch of bench/losses.py; a hausdorff step (main and aux heads)
+                  against CE's there, as a share of the proxy's step (target < 10 %)
   nccl            (>= 2 GPUs) `./launch.sh retrain ... 2` with a loss group of 8 over 2
                   processes of 4 images, and the first step of retrain's model, loss and
                   engine.setup_training (SyncBN, DDP) on 2 processes against 1: the surrogate
@@ -75,6 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import data  # noqa: F401  (first: the torchvision compatibility import)
+import surrogates
 from experiments.config import build_train_set, parse_overrides
 from results.files import read_csv
 from retrain.config import find_file
@@ -85,6 +90,7 @@ from search.space import initial_raw
 from search.trial import build_loss, warm_up_kernels
 from segnets import build_segnet, engine
 from surrogates import METRICS
+from surrogates.distance import distance_to, torch_distance_to
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 21
@@ -102,6 +108,8 @@ OFFLINE = "none"  # pretrained_backbone: the GPU machines reach no download serv
 SYNC_EVERY = 10  # iterations per engine.train_steps call: each ends with a host sync
 PROXY_BUDGET = 1000  # the VOC profile's proxy iterations, what the overhead is compared with
 OVERHEAD_TARGET = 0.10  # start-up + evaluation + state saving per step, share of training
+DISTANCE_ATOL = 1e-4  # exact transforms: float32 rounding of distances up to ~180 px
+DISTANCE_TARGET = 0.10  # a distance-map loss's extra work, share of a proxy step
 NCCL_RTOL = 1e-3  # float32 without TF32: the processes differ only in summation order (~1e-6)
 
 
@@ -706,6 +714,37 @@ def ddp_check(cfg, device_type: str, tmp: Path) -> dict:
     return check | {k: relative(single[k], single["s"]) for k in ("groups", "bn") if k in single}
 
 
+def distance_check(device: torch.device) -> dict:
+    """The torch transform on the device (what distance_to runs on a GPU) against scipy's on the
+    host, and ms of a hausdorff and a CE step (forward and backward) there, median of 3 after 3
+    warm-up ones."""
+    from losses import voc_like_target  # bench/losses.py: 21 classes, a far corner
+
+    target = voc_like_target(32, 128)
+    target = target.masked_fill(target == 255, 0)
+    masks = F.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2).bool()
+    difference = (torch_distance_to(masks.to(device)).cpu() - distance_to(masks)).abs().max()
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(32, NUM_CLASSES, 128, 128, generator=g).to(device).requires_grad_()
+    target = target.to(device)
+    ms = {}
+    for name in ("ce", "hausdorff"):
+        loss_fn, times = surrogates.build_loss(name), []
+        for _ in range(6):
+            synchronize(device)
+            start = time.perf_counter()
+            loss_fn(logits, target).backward()
+            synchronize(device)
+            times.append(1e3 * (time.perf_counter() - start))
+        ms[name] = statistics.median(times[3:])
+    return {"difference": float(difference), **ms}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -786,6 +825,21 @@ def retrain_rows(resume: dict, dry: bool) -> list[tuple]:
         f"{resume['resumed']:.2g} (two uninterrupted runs: {resume['again']:.2g})",
         "<= the two uninterrupted runs'", "yes" if same else ("NO" if dry else "check"),
     )]  # fmt: skip
+
+
+def distance_rows(check: dict, rate: float) -> list[tuple]:
+    measurement = "distance maps, torch on the device vs scipy on the host: largest difference"
+    if "error" in check:
+        return [failed(measurement, check)]
+    extra = 2 * (check["hausdorff"] - check["ce"]) / 1e3  # main and aux heads, seconds
+    share = extra * rate  # of one proxy iteration alone
+    return [
+        (measurement, f"{check['difference']:.1e} px", f"<= {DISTANCE_ATOL:g}",
+         verdict(check["difference"], check["difference"] <= DISTANCE_ATOL)),
+        ("hausdorff step vs CE's (32 x 21 x 128 px), extra x 2 heads vs a proxy iteration alone",
+         f"{check['hausdorff']:.1f} ms vs {check['ce']:.1f} ms; {shown(100 * share, ' %', 1)}",
+         f"< {100 * DISTANCE_TARGET:.0f} %", verdict(share, share < DISTANCE_TARGET)),
+    ]  # fmt: skip
 
 
 def nccl_rows(launched: dict, check: dict, backend: str) -> list[tuple]:
@@ -914,6 +968,7 @@ def main() -> int:
         progress("searches")
         resume = guarded(retrain_resume, retrain_words, tmp, sizes)
         progress("retrain")
+        distances = guarded(distance_check, device)
         skipped = {"skipped": "skipped: CPU dry run (nccl)" if dry else "skipped: 1 GPU"}
         launched = guarded(nccl_launcher, retrain_words, tmp, sizes) if gpus >= 2 else skipped
         # on a CPU the same comparison over gloo, BatchNorm frozen (SyncBN needs CUDA)
@@ -925,6 +980,8 @@ def main() -> int:
             found = guarded(search_rows, label, run, rate, rate_note)
             rows += found if isinstance(found, list) else [failed(f"search, {label}", found)]
         rows += retrain_rows(resume, dry)
+        alone = math.nan if "error" in sweep else sweep[1]["it_per_s"]
+        rows += distance_rows(distances, alone)
         rows += nccl_rows(launched, check, "gloo" if dry else "nccl")
 
     print("\n| measurement | value | target | met |\n|---|---|---|---|")

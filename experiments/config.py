@@ -322,6 +322,7 @@ RANGES = {
     **dict.fromkeys(
         ["weight_decay", "min_lr", "poly_power", "warmup_iterations", "workers", "seed",
          "log_every", "eval_every", "checkpoint_every", "tolerance", "confirm_top_k",
+         "confirm_margin",
          "cpu_slots", "dashboard_port", "processes", "rungs"],
         _NON_NEGATIVE,
     ),

@@ -115,8 +115,13 @@ class SearchConfig:
     # f x its iterations (confirm:): a fidelity that ranks good losses as the retrain does
     confirm_fidelity: float = 0.0
     confirm_identity: bool = False  # ... and the identity curve (the plain soft metric)
+    # the export is the final mean unless a candidate's mean confirmed reward beats it by more
+    # than this many standard errors of the difference (seed noise pooled over the round);
+    # 0: the best mean confirmed reward
+    confirm_margin: float = 1.0
     # cross-entropy and the metric's published preset (asl-voc-<metric>) are candidates too:
-    # the export is never worse on the proxy than the loss a user would have used anyway
+    # the export is never worse on the proxy, beyond seed noise, than the loss a user would
+    # have used anyway
     confirm_baselines: bool = True
     models_per_gpu: int = 4  # proxy trials sharing one GPU
     cpu_slots: int = 0  # without GPUs: trials at once (0 = one per core; NUM_GPUS sets it)

@@ -162,6 +162,13 @@ def report(run_dir: Path) -> int:
         f"[search] best: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
         f"seed(s) vs {versus or 'no baseline'}"
     )
+    leader = s.get("leader", s["best"])
+    if leader != s["best"]:  # search.confirm_margin kept the final mean
+        lead = 100 * (s["candidates"][leader] - s["reward"])
+        print(
+            f"[search] {leader} led by {lead:.2f}, within the seed noise "
+            f"({100 * s['seed_noise']:.2f} per seed): the export is the {s['best']}"
+        )
     confirmed = s.get("confirm_iterations", 0)
     extra = f" + {confirmed} on the confirmation's network" if confirmed else ""
     hours = f", {s['trial_hours']:.2f} trial-hours" if "trial_hours" in s else ""

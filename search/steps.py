@@ -8,7 +8,8 @@
         close_step          the step's rewards -> the controller's update, a policy.csv row
     open_confirmation       the final mean, the top-k samples, the baselines, new seeds each
     record_result           ... the confirmation trials
-    pick_best -> export     the best confirmed candidate -> <metric>_bezier.yaml, summary.json
+    pick_best -> export     the final mean, unless a candidate beats it beyond seed noise
+                            -> <metric>_bezier.yaml, summary.json
 
 `SearchState` is all a search remembers between two results. Nothing here knows Ray: the Ray
 adapter (search/searcher.py) hands `state.queue` out as trials, calls `record_result` when one
@@ -370,21 +371,44 @@ def advance(state: SearchState, controller, cfg: Config, run_dir: Path, started:
         state.phase = "done"
 
 
+def choose_export(rewards: dict[str, list[float]], margin: float) -> tuple[str, float]:
+    """The final mean, unless another candidate's mean reward beats it by more than `margin`
+    standard errors of the difference of the two means; then the best of those that do. The
+    seed noise (returned with the choice) is the standard deviation of a candidate's rewards
+    over its seeds, pooled over the round's candidates: one lucky seed of one candidate must
+    not decide among losses that the retrain cannot tell apart (docs/quality.md)."""
+    means = {name: statistics.fmean(values) for name, values in rewards.items()}
+    spread = [(len(v) - 1, statistics.variance(v)) for v in rewards.values() if len(v) > 1]
+    dof = sum(n for n, _ in spread)
+    variance = sum(n * v for n, v in spread) / dof if dof else 0.0  # one seed each: no noise
+    incumbent = "final mean" if "final mean" in means else max(means, key=means.__getitem__)
+
+    def error(name: str) -> float:
+        return math.sqrt(variance * (1 / len(rewards[name]) + 1 / len(rewards[incumbent])))
+
+    beat = [name for name in means if means[name] - means[incumbent] > margin * error(name)]
+    return max(beat or [incumbent], key=means.__getitem__), math.sqrt(variance)
+
+
 def pick_best(state: SearchState, cfg: Config) -> dict:
-    """The candidate with the best mean confirmed reward, as summary.json's fields."""
+    """The confirmed candidate to export (choose_export), as summary.json's fields."""
     metric, curves = cfg.search.metric, target(cfg.search)
     by_candidate: dict[str, list[dict]] = {}
     for r in state.records:
         if r["phase"] == "confirm":
             by_candidate.setdefault(r["candidate"], []).append(r)
-    scores = {}
-    for name, rows in by_candidate.items():
-        rewards = [r["reward"] for r in rows if r["status"] == "ok"]
-        if rewards:
-            scores[name] = (statistics.fmean(rewards), rows[0]["raw"], len(rewards))
-    if not scores:
+    rewards = {
+        name: [r["reward"] for r in rows if r["status"] == "ok"]
+        for name, rows in by_candidate.items()
+    }
+    rewards = {name: values for name, values in rewards.items() if values}
+    if not rewards:
         raise SearchFailed("every trial of the confirmation round failed; nothing to export")
-    best = max(scores, key=lambda name: scores[name][0])
+    scores = {
+        name: (statistics.fmean(values), by_candidate[name][0]["raw"], len(values))
+        for name, values in rewards.items()
+    }
+    best, noise = choose_export(rewards, cfg.search.confirm_margin)
     reward, raw, seeds = scores[best]
     identity = initial_raw(curves, cfg.search.ce_mix)  # the final mean may be it
     handmade = handmade_baselines(cfg.search)
@@ -407,6 +431,8 @@ def pick_best(state: SearchState, cfg: Config) -> dict:
         "ce_weight": ce_weight(cfg.search.ce_mix, curves, raw) if raw else 1.0,
         "raw": raw,
         "candidates": {name: score[0] for name, score in scores.items()},
+        "leader": max(scores, key=lambda name: scores[name][0]),  # the best mean reward
+        "seed_noise": noise,
         "baselines": baselines,
         "trials": len(state.records),
         "iterations": trained_iterations(state.records, "proxy"),

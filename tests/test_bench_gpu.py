@@ -20,6 +20,8 @@ ROWS = (
     "search, halving off, step 1: overhead vs training",
     "search, halving off: processes on the machine",
     "retrain killed after iteration",  # its first checkpoint, or a later one
+    "distance maps, torch on the device vs scipy on the host: largest difference",
+    "hausdorff step vs CE's",
     "./launch.sh retrain ... 2: loss group of 8 over 2 processes",
     "first step on 2 gloo processes vs 1: S, gradients (relative)",
 )
@@ -41,3 +43,4 @@ def test_the_gpu_bench_dry_run_runs_every_part_and_prints_its_rows():
     resumed = next(line for line in table if "resumed" in line)
     assert "| 0 (two uninterrupted runs: 0) |" in resumed, resumed
     assert next(line for line in table if "gloo" in line).endswith("| yes |")
+    assert next(line for line in table if "distance maps" in line).endswith("| yes |")

@@ -13,7 +13,7 @@ from helpers import blob_target, random_logits
 from scipy.ndimage import distance_transform_edt
 
 from surrogates import build_loss
-from surrogates.distance import distance_to, inside_outside
+from surrogates.distance import distance_to, inside_outside, torch_distance_to
 from surrogates.losses import median_frequency_weights
 
 NEW = ["wce", "dpce", "ssim", "ce_dice", "tversky", "focal_tversky", "gdice", "boundary"]
@@ -36,15 +36,16 @@ def logits_for(probabilities):
 # --- the distance transform ---
 
 
+@pytest.mark.parametrize("transform", [distance_to, torch_distance_to])  # CPU, other devices
 @pytest.mark.parametrize("shape", [(3, 7, 5), (2, 5, 9), (4, 16, 16), (1, 1, 6)])
-def test_distance_to_is_scipys_exact_transform(shape):
+def test_distance_to_is_scipys_exact_transform(shape, transform):
     g = torch.Generator().manual_seed(sum(shape))
     mask = torch.rand(shape, generator=g) < 0.15
     mask[0, 0, 0] = True
     if shape[0] > 1:
         mask[-1] = False  # an empty map: all zero by contract
     expected = [distance_transform_edt(~m) if m.any() else 0 * m for m in mask.numpy()]
-    assert np.allclose(distance_to(mask).numpy(), np.stack(expected), atol=1e-5)
+    assert np.allclose(transform(mask).numpy(), np.stack(expected), atol=1e-5)
 
 
 def test_inside_outside_against_scipy_and_maps_without_boundary():

@@ -146,6 +146,7 @@ def test_config_layers_and_errors(tmp_path):
         ("proxy.fit.momentum", "1.5", r"proxy.fit.momentum must be in \[0, 1\]"),
         ("search.region_weight", "-0.5", r"search.region_weight must be in \[0, 1\]"),
         ("search.tolerance", "-1", "search.tolerance must be >= 0"),
+        ("search.confirm_margin", "-1", "search.confirm_margin must be >= 0, got -1"),
         ("proxy.ratio_range", "[0, 2]", r"proxy.ratio_range must be > 0, got \[0.0, 2.0\]"),
     ],
 )
@@ -237,6 +238,60 @@ def test_cross_entropy_can_win_the_confirmation_round_and_is_then_exported(tmp_p
     assert resolve_retrain(exported, {"data.root": str(tmp_path)}).loss == {"name": "ce"}
     ce_rows = [r for r in read_csv(tmp_path / "trials.csv") if r["candidate"] == "cross-entropy"]
     assert len(ce_rows) == 2 and all(r["raw_0"] == "" and r["theta_0"] == "" for r in ce_rows)
+
+
+def test_a_candidate_replaces_the_final_mean_only_beyond_the_pooled_seed_noise():
+    from search.steps import choose_export
+
+    rewards = {
+        "final mean": [0.50, 0.52],
+        "step 4 sample 7": [0.50, 0.58],  # leads by 0.03, one lucky seed
+        "preset": [0.40, 0.50],
+        "cross-entropy": [0.30, 0.34],
+    }
+    # by hand: two seeds each, variance d^2 / 2 per candidate, pooled over 4 x 1 dof
+    variance = (0.02**2 + 0.08**2 + 0.10**2 + 0.04**2) / 2 / 4
+    noise = math.sqrt(variance)  # 0.048; the standard error of a difference: noise x sqrt(1)
+    assert choose_export(rewards, 1.0) == ("final mean", pytest.approx(noise))
+    assert choose_export(rewards, 0.5)[0] == "step 4 sample 7"  # 0.03 > 0.5 x 0.048
+    assert choose_export(rewards, 0.0)[0] == "step 4 sample 7"  # 0: the best mean
+    # two candidates beyond the noise: the better one
+    clear = rewards | {"preset": [0.60, 0.64], "cross-entropy": [0.66, 0.70]}
+    assert choose_export(clear, 1.0)[0] == "cross-entropy"
+    # one seed each: no noise to pool, the best mean; no final mean (it failed): the best mean
+    single = {name: values[:1] for name, values in rewards.items()}
+    assert choose_export(single, 1.0) == ("final mean", 0.0)
+    assert choose_export({k: v for k, v in rewards.items() if k != "final mean"}, 1.0)[0] == (
+        "step 4 sample 7"
+    )
+
+
+def test_the_export_keeps_the_final_mean_when_a_sample_leads_by_one_lucky_seed(tmp_path, capsys):
+    """A searched sample leads the confirmation round on one seed only: within the round's
+    seed noise the final policy mean is exported, and the summary says who led."""
+    from search.run import report
+
+    def lucky(config):
+        result = toy_result(raw_of(config))
+        if config["phase"] == "confirm":
+            name, seed = config["candidate"], config["seed"]
+            result["miou"] = {"final mean": 0.5, "cross-entropy": 0.3}.get(name, 0.4)
+            if name.startswith("step"):  # +0.25 on the second seed: mean 0.525
+                result["miou"] = 0.4 + 0.25 * (seed == 7)
+        return result
+
+    drive(tune_searcher(tiny_config(tmp_path), tmp_path), results=lucky)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    noise = math.sqrt(2 * 0.25**2 / 2 / 6)  # two varying candidates of six, one dof each
+    assert summary["best"] == "final mean" and summary["reward"] == 0.5
+    assert summary["leader"].startswith("step") and summary["seed_noise"] == pytest.approx(noise)
+    assert summary["candidates"][summary["leader"]] == pytest.approx(0.525)
+    assert "# miou surrogate found" in (tmp_path / "miou_bezier.yaml").read_text()
+    assert report(tmp_path) == 0
+    assert (
+        f"[search] {summary['leader']} led by 2.50, within the seed noise (10.21 per seed): "
+        "the export is the final mean" in capsys.readouterr().out.splitlines()
+    )
 
 
 def test_a_searched_ce_weight_is_one_more_dimension_exported_with_the_loss(tmp_path):
