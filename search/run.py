@@ -159,7 +159,7 @@ def report(run_dir: Path) -> int:
     print(f"[search] done: {s['trials']} trials ({s['failed']} failed) in {minutes:.1f} min")
     versus = ", ".join(f"{name} {100 * value:.2f}" for name, value in s["baselines"].items())
     print(
-        f"[search] best: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
+        f"[search] export: {s['best']}, {s['metric']} {100 * s['reward']:.2f} over {s['seeds']} "
         f"seed(s) vs {versus or 'no baseline'}"
     )
     leader = s.get("leader", s["best"])

@@ -222,7 +222,7 @@ def test_search_dice_then_retrain_its_export_end_to_end(tmp_path):
     candidates = {r["candidate"] for r in rows if r["phase"] == "confirm"}
     assert candidates == {"final mean", "dice loss", CROSS_ENTROPY}
     exported = run_dir / "dice_bezier.yaml"
-    assert "[search] best:" in done.stdout and "dice" in done.stdout
+    assert "[search] export:" in done.stdout and "dice" in done.stdout
     retrain_dir = tmp_path / "retrain"
     done = launch("retrain", str(exported), data, *TINY_RETRAIN, f"--results={retrain_dir}")
     assert done.returncode == 0, done.stdout + done.stderr
