@@ -200,6 +200,37 @@ def collect(metric: str, seeds: int, work: Path) -> dict[str, list[dict]]:
     return results
 
 
+def loss_stats(metric: str, results: dict[str, list[dict]]) -> dict[tuple[str, str], tuple]:
+    """(loss, column) -> (mean, std) in %, over the finished seeds, for every column shown."""
+    stats = {}
+    for loss, finals in results.items():
+        for m in [*METRICS, *([metric] if spec_target(metric) else [])]:
+            values = [100 * float(f[m]) for f in finals]
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                stats[(loss, m)] = (statistics.fmean(values), std)
+    return stats
+
+
+def versus(stats: dict, metric: str, loss: str) -> tuple[float, float, str]:
+    """The searched loss's margin over `loss` on metric, the seed spread (the larger std), and
+    the verdict."""
+    (ours, our_std), (theirs, their_std) = stats[("searched", metric)], stats[(loss, metric)]
+    gain, spread = ours - theirs, max(our_std, their_std)
+    if gain > spread:
+        return gain, spread, "beats it by more than the seed spread"
+    return (
+        gain,
+        spread,
+        "within the spread" if gain >= -spread else "below it by more than the spread",
+    )
+
+
+def best_hand_made(stats: dict, metric: str) -> str | None:
+    hand_made = [loss for loss in BASELINES if (loss, metric) in stats]
+    return max(hand_made, key=lambda loss: stats[(loss, metric)][0]) if hand_made else None
+
+
 def table(metric: str, results: dict[str, list[dict]], ce_export: bool) -> str:
     columns = [*METRICS, *([metric] if spec_target(metric) else [])]
     header = [f"{m}*" if m == metric else m for m in columns]
@@ -209,37 +240,50 @@ def table(metric: str, results: dict[str, list[dict]], ce_export: bool) -> str:
         "| loss | seeds | " + " | ".join(header) + " |",
         "|---|---:|" + "---:|" * len(columns),
     ]
-    stats = {}
+    stats = loss_stats(metric, results)
     for loss, finals in results.items():
-        if not finals:
-            continue
-        cells = []
-        for m in columns:
-            values = [100 * float(f[m]) for f in finals]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            stats[(loss, m)] = (statistics.fmean(values), std)
-            cells.append(f"{stats[(loss, m)][0]:.2f} +- {std:.2f}")
-        lines.append(f"| {loss} | {len(finals)} | " + " | ".join(cells) + " |")
+        if finals:
+            cells = [f"{stats[(loss, m)][0]:.2f} +- {stats[(loss, m)][1]:.2f}" for m in columns]
+            lines.append(f"| {loss} | {len(finals)} | " + " | ".join(cells) + " |")
     if ("searched", metric) in stats and ("ce", metric) in stats:
-        (ours, our_std), (ce, ce_std) = stats[("searched", metric)], stats[("ce", metric)]
-        gain, spread = ours - ce, max(our_std, ce_std)
+        gain, spread, _ = versus(stats, metric, "ce")
         verdict = "beats CE by more than the seed spread" if gain > spread else "does not"
         lines += ["", f"searched - CE on {metric}: {gain:+.2f} (spread {spread:.2f}): {verdict}"]
         if ce_export:
             lines[-1] += " (the search exported cross-entropy: the searched row is CE's runs)"
-    hand_made = [loss for loss in BASELINES if (loss, metric) in stats]
-    if ("searched", metric) in stats and len(hand_made) > 1:
-        best = max(hand_made, key=lambda loss: stats[(loss, metric)][0])
-        (ours, our_std), (theirs, their_std) = stats[("searched", metric)], stats[(best, metric)]
-        gain, spread = ours - theirs, max(our_std, their_std)
-        verdict = (
-            "beats it by more than the seed spread"
-            if gain > spread
-            else ("within the spread" if gain >= -spread else "below it by more than the spread")
-        )
+    best = best_hand_made(stats, metric)
+    hand_made = sum((loss, metric) in stats for loss in BASELINES)
+    if ("searched", metric) in stats and hand_made > 1:
+        gain, spread, verdict = versus(stats, metric, best)
         lines.append(
-            f"best hand-made on {metric}: {best} {theirs:.2f}; searched - {best}: {gain:+.2f} "
-            f"(spread {spread:.2f}): {verdict}"
+            f"best hand-made on {metric}: {best} {stats[(best, metric)][0]:.2f}; searched - "
+            f"{best}: {gain:+.2f} (spread {spread:.2f}): {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def race(rows: dict[str, dict[str, list[dict]]]) -> str:
+    """One line per target metric: CE, the best hand-made loss and the searched loss."""
+    lines = [
+        "### the searched loss against the best hand-made one",
+        "",
+        "| target | CE | best hand-made | searched | searched - best (spread) | verdict |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    for metric, results in rows.items():
+        stats = loss_stats(metric, results)
+        best = best_hand_made(stats, metric)
+        if best is None or ("searched", metric) not in stats:
+            continue
+        gain, spread, verdict = versus(stats, metric, best)
+        shown = {
+            loss: "{:.2f} +- {:.2f}".format(*stats[(loss, metric)])
+            for loss in ("ce", best, "searched")
+            if (loss, metric) in stats
+        }
+        lines.append(
+            f"| {metric} | {shown.get('ce', '-')} | {best} {shown[best]} | {shown['searched']} | "
+            f"{gain:+.2f} ({spread:.2f}) | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -273,11 +317,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         run_all(args.metrics, args.losses, args.seeds, args.jobs, work)
-    tables = []
+    tables, rows = [], {}
     for metric in args.metrics:
-        results = collect(metric, args.seeds, work)
-        tables.append(table(metric, results, exports_ce(metric, work)))
+        rows[metric] = collect(metric, args.seeds, work)
+        tables.append(table(metric, rows[metric], exports_ce(metric, work)))
         (work / "quality.md").write_text("\n\n".join(tables) + "\n")  # partial results too
+    tables.append(race(rows))
+    (work / "quality.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
 
 

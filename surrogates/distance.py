@@ -27,10 +27,10 @@ def distance_to(mask: torch.Tensor) -> torch.Tensor:
     on a CPU, torch_distance_to on any other device.
 
     Shape: mask (..., H, W) bool -> (..., H, W) float32."""
-    h, w = mask.shape[-2:]
-    mask = mask | ~mask.any(-1, keepdim=True).any(-2, keepdim=True)  # an empty map: zeros
     if mask.device.type != "cpu":
         return torch_distance_to(mask)
+    h, w = mask.shape[-2:]
+    mask = mask | ~mask.any(-1, keepdim=True).any(-2, keepdim=True)  # an empty map: zeros
     outside = (~mask).reshape(-1, h, w).numpy()  # scipy: the distance to the nearest zero
     distance = np.empty(outside.shape, np.float32)
     for k, one in enumerate(outside):

@@ -66,6 +66,23 @@ def test_table_only_shows_every_finished_loss_and_the_best_hand_made_one(tmp_pat
     assert "searched - CE on miou: +20.00 (spread 1.41): beats CE" in out
     assert "best hand-made on miou: tversky 61.00; searched - tversky: +10.00" in out
     assert "beats it by more than the seed spread" in out
+    assert (
+        "| miou | 51.00 +- 1.41 | tversky 61.00 +- 1.41 | 71.00 +- 1.41 | +10.00 (1.41) | "
+        "beats it by more than the seed spread |" in out
+    )  # the race's line for the target
+    assert out.strip() == (tmp_path / "quality.md").read_text().strip()
+
+
+def test_the_race_says_when_the_searched_loss_is_below_the_best_hand_made_one(tmp_path):
+    for seed, (ce, lovasz, searched) in enumerate([(0.50, 0.80, 0.70), (0.52, 0.82, 0.72)]):
+        fake_final(tmp_path, "ce", seed, ce)
+        fake_final(tmp_path, "lovasz", seed, lovasz)
+        fake_final(tmp_path, "searched", seed, searched)
+    text = quality.race({"miou": quality.collect("miou", 2, tmp_path)})
+    assert text.splitlines()[-1] == (
+        "| miou | 51.00 +- 1.41 | lovasz 81.00 +- 1.41 | 71.00 +- 1.41 | -10.00 (1.41) | "
+        "below it by more than the spread |"
+    )
 
 
 def fake_counts_run(work, loss, seed, counts, final_extra=None):
